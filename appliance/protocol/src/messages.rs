@@ -1,0 +1,426 @@
+//! The messages of the control stream.
+//!
+//! A client (tablet, admin CLI, render node) opens one bidirectional *control stream* and sends
+//! [`ClientMessage::Hello`] first; the appliance answers [`ServerMessage::Welcome`] with the
+//! version both will speak, or closes the connection with
+//! [`CloseCode::UnsupportedVersion`](crate::CloseCode::UnsupportedVersion). After that the
+//! client sends [`ClientMessage::Request`]s, each with an id, and the appliance answers each
+//! with a [`ServerMessage::Response`] carrying the same id. [`ServerMessage::Notice`] is
+//! reserved for messages the appliance sends unasked.
+//!
+//! [`Request`] is the appliance's whole control API: one documented enum of actions. The
+//! appliance checks each against the caller's identity before it runs it.
+//!
+//! Wire stability: postcard encodes enum variants by index, so new variants and fields are
+//! only ever *appended*; a change that breaks this bumps [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+
+use serde::{Deserialize, Serialize};
+
+/// A message from a client to the appliance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first message on a control stream: the versions this client speaks.
+    Hello(Hello),
+    /// An action the client asks for.
+    Request {
+        /// Chosen by the client; echoed in the response.
+        id: u32,
+        /// The action.
+        body: Request,
+    },
+}
+
+/// Version negotiation, sent first by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Oldest protocol version the client speaks.
+    pub min_version: u16,
+    /// Newest protocol version the client speaks.
+    pub max_version: u16,
+    /// The client's software and version, for logs (e.g. `periphery-tablet 0.1.0`).
+    pub software: String,
+}
+
+/// A message from the appliance to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Answer to [`Hello`].
+    Welcome(Welcome),
+    /// Answer to a [`ClientMessage::Request`].
+    Response {
+        /// The request's id.
+        id: u32,
+        /// The outcome.
+        body: Result<Response, ApiError>,
+    },
+    /// Something the appliance tells the client unasked.
+    Notice(Notice),
+}
+
+/// The appliance's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version both sides now speak.
+    pub version: u16,
+    /// The appliance's name.
+    pub appliance: String,
+    /// The appliance certificate's fingerprint (`sha256:` and 64 hex digits).
+    pub fingerprint: String,
+    /// Who the appliance takes the caller to be; `None` for an unpaired tablet.
+    pub identity: Option<Identity>,
+}
+
+/// Unasked messages from the appliance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Notice {
+    /// The appliance is about to close the connection, with the reason.
+    Closing {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+/// The role of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// May administer the appliance (users, devices, storage).
+    Admin,
+    /// May use their own workstations and devices.
+    User,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        })
+    }
+}
+
+/// Who a caller is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Identity {
+    /// The local administrator, on the appliance's Unix socket.
+    LocalAdmin {
+        /// The caller's Unix uid.
+        uid: u32,
+    },
+    /// A paired device, authenticated by its certificate.
+    Device {
+        /// The device's id.
+        device_id: String,
+        /// The device's name as given at pairing.
+        device_name: String,
+        /// The user the device belongs to.
+        user: String,
+        /// That user's role.
+        role: Role,
+    },
+}
+
+/// The appliance's control API: every action a client can ask for.
+///
+/// Each is authorized against the caller before it runs: *admin* actions need the local
+/// admin socket or a device of an admin user; *device* actions need a paired device;
+/// *pairing* actions are the only ones an unpaired connection may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Appliance status (admin). Answer: [`Response::Status`].
+    Status,
+    /// Create a user (admin). A user without a password pairs with codes only.
+    UserAdd {
+        /// Login name: 1-32 of `a-z 0-9 . _ -`, starting with a letter.
+        name: String,
+        /// Password, hashed with argon2id before it is stored.
+        password: Option<String>,
+        /// The user's role.
+        role: Role,
+    },
+    /// List users (admin). Answer: [`Response::Users`].
+    UserList,
+    /// Remove a user and revoke their devices (admin).
+    UserRemove {
+        /// Login name.
+        name: String,
+    },
+    /// List devices, of one user or all (admin). Answer: [`Response::Devices`].
+    DeviceList {
+        /// Only this user's devices.
+        user: Option<String>,
+    },
+    /// Revoke a device: its certificate is refused from now on (admin).
+    DeviceRevoke {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a one-time pairing code for a user (admin). Answer: [`Response::PairCode`].
+    PairCodeCreate {
+        /// The user the paired device will belong to.
+        user: String,
+    },
+    /// Pairing step 1 (unpaired): the code's public slot and the tablet's SPAKE2 message.
+    /// Answer: [`Response::PairChallenge`].
+    PairCodeStart {
+        /// The first group of the code, which names the pending pairing.
+        slot: String,
+        /// The tablet's SPAKE2 message (side A).
+        spake: Vec<u8>,
+    },
+    /// Pairing step 2 (unpaired): proof of the code and the device's certificate request.
+    /// Answer: [`Response::Paired`].
+    PairCodeFinish {
+        /// HMAC-SHA256 under the SPAKE2 key over the appliance fingerprint the tablet saw
+        /// and the hash of `csr_der` (see [`pairing`](crate::pairing)).
+        confirm: Vec<u8>,
+        /// PKCS#10 certificate signing request for the device's key (DER).
+        csr_der: Vec<u8>,
+        /// A name for the device, shown in device lists.
+        device_name: String,
+    },
+    /// Pair with a user's password (unpaired; the tablet confirmed the fingerprint first).
+    /// Answer: [`Response::Paired`].
+    PairPassword {
+        /// Login name.
+        user: String,
+        /// Password.
+        password: String,
+        /// PKCS#10 certificate signing request for the device's key (DER).
+        csr_der: Vec<u8>,
+        /// A name for the device.
+        device_name: String,
+    },
+    /// Who am I (any caller). Answer: [`Response::Whoami`].
+    Whoami,
+    /// The caller's workstations (device). Answer: [`Response::Workstations`].
+    WorkstationList,
+    /// The newest audit log entries (admin). Answer: [`Response::Audit`].
+    Audit {
+        /// At most this many entries, newest last.
+        limit: u32,
+    },
+}
+
+impl Request {
+    /// A short name for logs and audit entries; never includes secrets.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::UserAdd { .. } => "user-add",
+            Request::UserList => "user-list",
+            Request::UserRemove { .. } => "user-remove",
+            Request::DeviceList { .. } => "device-list",
+            Request::DeviceRevoke { .. } => "device-revoke",
+            Request::PairCodeCreate { .. } => "pair-code-create",
+            Request::PairCodeStart { .. } => "pair-code-start",
+            Request::PairCodeFinish { .. } => "pair-code-finish",
+            Request::PairPassword { .. } => "pair-password",
+            Request::Whoami => "whoami",
+            Request::WorkstationList => "workstation-list",
+            Request::Audit { .. } => "audit",
+        }
+    }
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The action was done and has nothing to report.
+    Done,
+    /// Appliance status.
+    Status(StatusReport),
+    /// Users.
+    Users(Vec<UserInfo>),
+    /// Devices.
+    Devices(Vec<DeviceInfo>),
+    /// A new pairing code.
+    PairCode {
+        /// The code to type on the tablet, `XXXX-XXXX`.
+        code: String,
+        /// Seconds until it expires.
+        expires_in_secs: u64,
+    },
+    /// The appliance's SPAKE2 message (side B).
+    PairChallenge {
+        /// SPAKE2 message.
+        spake: Vec<u8>,
+    },
+    /// The device is paired.
+    Paired(PairedDevice),
+    /// The caller's identity.
+    Whoami(Identity),
+    /// Workstations.
+    Workstations(Vec<WorkstationInfo>),
+    /// Audit log entries.
+    Audit(Vec<AuditEntry>),
+}
+
+/// What a tablet receives when it is paired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedDevice {
+    /// The device's id.
+    pub device_id: String,
+    /// The user it belongs to.
+    pub user: String,
+    /// The device certificate, signed by the appliance CA (DER).
+    pub cert_der: Vec<u8>,
+    /// The appliance CA certificate to pin (DER).
+    pub ca_der: Vec<u8>,
+    /// For code pairing: HMAC under the SPAKE2 key proving the appliance knew the code.
+    pub confirm: Option<Vec<u8>>,
+}
+
+/// A user, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Whether password login is possible.
+    pub has_password: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Devices not revoked.
+    pub devices: u32,
+}
+
+/// A device, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: String,
+    /// Name given at pairing.
+    pub name: String,
+    /// Owner.
+    pub user: String,
+    /// Certificate serial number (hex).
+    pub serial: String,
+    /// Unix seconds.
+    pub paired_at: u64,
+    /// Unix seconds of the last connection, if any.
+    pub last_seen: Option<u64>,
+    /// Whether the device has been revoked.
+    pub revoked: bool,
+    /// Whether it is connected now.
+    pub connected: bool,
+}
+
+/// A workstation, as listed. Workstations arrive with the workstation issue; the list is
+/// empty until then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkstationInfo {
+    /// Name, unique per user.
+    pub name: String,
+    /// Owner.
+    pub user: String,
+    /// Backend (`xvfb`, `qemu`).
+    pub backend: String,
+    /// State (`stopped`, `running`, ...).
+    pub state: String,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Sequence number, increasing.
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// Who did it (a user, `local-admin`, or an address for unpaired attempts).
+    pub actor: String,
+    /// What happened (`user-add`, `device-paired`, `pair-failed`, ...).
+    pub event: String,
+    /// Details for a person.
+    pub detail: String,
+}
+
+/// A connected client, as shown in status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Remote address.
+    pub remote: String,
+    /// Device id, if paired.
+    pub device_id: Option<String>,
+    /// User, if paired.
+    pub user: Option<String>,
+    /// Seconds since it connected.
+    pub connected_secs: u64,
+}
+
+/// The appliance's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Appliance name.
+    pub name: String,
+    /// Software version.
+    pub version: String,
+    /// Protocol version range spoken.
+    pub protocol: (u16, u16),
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Addresses the QUIC endpoint listens on.
+    pub listening: Vec<String>,
+    /// Certificate fingerprint.
+    pub fingerprint: String,
+    /// Whether it is announced by mDNS, and if not why.
+    pub discovery: String,
+    /// Users.
+    pub users: Vec<UserInfo>,
+    /// Devices.
+    pub devices: Vec<DeviceInfo>,
+    /// Connected clients.
+    pub connections: Vec<ConnectionInfo>,
+    /// Path of the state directory.
+    pub state_dir: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The kind of failure, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// For [`ErrorCode::TooManyAttempts`]: seconds until another attempt is accepted.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+}
+
+/// Kinds of request failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The caller must be a paired device (or the local admin) for this.
+    Unauthenticated,
+    /// The caller is known but may not do this.
+    Forbidden,
+    /// The named thing does not exist.
+    NotFound,
+    /// The named thing exists already.
+    AlreadyExists,
+    /// An argument is invalid; the message says which.
+    InvalidArgument,
+    /// The pairing code or password is wrong.
+    WrongCredentials,
+    /// The pairing code has expired.
+    CodeExpired,
+    /// The pairing code was already used.
+    CodeUsed,
+    /// Too many failed attempts; see `retry_after_secs`.
+    TooManyAttempts,
+    /// The request does not fit the state of the conversation (e.g. finish before start).
+    OutOfOrder,
+    /// The appliance failed; its log says more.
+    Internal,
+}

@@ -1,0 +1,897 @@
+//! The appliance's control API: who may run which [`Request`], and what each one does.
+//!
+//! [`Appliance`] holds the shared state (store, identity, pending codes, limits, live
+//! connections). Every request from every transport — QUIC from tablets, the Unix socket from
+//! the admin CLI — goes through [`Appliance::handle`], which first checks it with
+//! [`authorize`] against the [`Caller`], then runs it. A [`Conversation`] carries what one
+//! control stream remembers between requests (the pairing exchange in progress).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+
+use periphery_protocol::pairing::{PairingCode, PakeState, SessionKey};
+use periphery_protocol::{
+    ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, PairedDevice, Request,
+    Response, Role, StatusReport, UserInfo,
+};
+
+use crate::codes::{CodeRefused, PendingCodes};
+use crate::config::Config;
+use crate::identity::ApplianceIdentity;
+use crate::limits::{AttemptLimiter, Subject};
+use crate::store::{
+    AddUserError, AuditRecord, DeviceRecord, LookupError, Store, StoreError, UserRecord,
+};
+use crate::tls::{DeviceAllowList, DeviceStanding};
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The local administrator on the Unix socket.
+    LocalAdmin {
+        /// Unix uid.
+        uid: u32,
+    },
+    /// A paired device.
+    Device {
+        /// The device.
+        device: DeviceRecord,
+        /// Its user's role.
+        role: Role,
+    },
+    /// A QUIC connection without a device certificate.
+    Unpaired {
+        /// Its address.
+        addr: SocketAddr,
+    },
+}
+
+impl Caller {
+    fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Caller::LocalAdmin { .. }
+                | Caller::Device {
+                    role: Role::Admin,
+                    ..
+                }
+        )
+    }
+
+    /// Name for the audit log.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::LocalAdmin { uid } => format!("local-admin(uid {uid})"),
+            Caller::Device { device, .. } => format!("{}@{}", device.user, device.id),
+            Caller::Unpaired { addr } => addr.ip().to_string(),
+        }
+    }
+
+    /// The identity reported to the caller.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Caller::LocalAdmin { uid } => Some(Identity::LocalAdmin { uid: *uid }),
+            Caller::Device { device, role } => Some(Identity::Device {
+                device_id: device.id.clone(),
+                device_name: device.name.clone(),
+                user: device.user.clone(),
+                role: *role,
+            }),
+            Caller::Unpaired { .. } => None,
+        }
+    }
+}
+
+/// Checks that `caller` may run `req` at all. Handlers check ownership of the named objects.
+pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
+    let admin_only = || {
+        if caller.is_admin() {
+            Ok(())
+        } else if matches!(caller, Caller::Unpaired { .. }) {
+            Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this device is not paired; pair it first",
+            ))
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("'{}' needs an administrator", req.name()),
+            ))
+        }
+    };
+    let paired = || match caller {
+        Caller::Unpaired { .. } => Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "this device is not paired; pair it first",
+        )),
+        _ => Ok(()),
+    };
+    match req {
+        Request::Status
+        | Request::UserAdd { .. }
+        | Request::UserList
+        | Request::UserRemove { .. }
+        | Request::PairCodeCreate { .. }
+        | Request::Audit { .. } => admin_only(),
+        Request::DeviceList { user } => match (caller, user) {
+            (Caller::Device { device, .. }, Some(u)) if *u != device.user => admin_only(),
+            _ => paired(),
+        },
+        Request::DeviceRevoke { .. } | Request::Whoami | Request::WorkstationList => paired(),
+        Request::PairCodeStart { .. }
+        | Request::PairCodeFinish { .. }
+        | Request::PairPassword { .. } => match caller {
+            Caller::Unpaired { .. } => Ok(()),
+            _ => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "pairing is for unpaired devices; this connection is already authenticated",
+            )),
+        },
+    }
+}
+
+/// What one control stream remembers between requests.
+#[derive(Debug)]
+pub struct Conversation {
+    /// The caller.
+    pub caller: Caller,
+    pake: Option<PendingPake>,
+}
+
+#[derive(Debug)]
+struct PendingPake {
+    slot: String,
+    user: String,
+    key: SessionKey,
+}
+
+impl Conversation {
+    /// A new conversation with `caller`.
+    pub fn new(caller: Caller) -> Self {
+        Self { caller, pake: None }
+    }
+}
+
+/// A live QUIC connection, for status.
+#[derive(Debug, Clone)]
+struct LiveConnection {
+    remote: SocketAddr,
+    device: Option<(String, String)>,
+    since: Instant,
+}
+
+/// The shared state of a running appliance.
+#[derive(Debug)]
+pub struct Appliance {
+    /// Validated configuration.
+    pub config: Config,
+    /// Durable state.
+    pub store: Arc<Store>,
+    /// Keys and certificates.
+    pub identity: ApplianceIdentity,
+    /// Devices allowed at the handshake.
+    pub devices: Arc<DeviceAllowList>,
+    codes: Mutex<PendingCodes>,
+    limiter: Mutex<AttemptLimiter>,
+    connections: Mutex<HashMap<u64, LiveConnection>>,
+    next_conn: AtomicU64,
+    started: Instant,
+    /// Addresses the endpoint listens on.
+    pub listening: Vec<SocketAddr>,
+    /// Whether discovery runs, or why not.
+    pub discovery: Mutex<String>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn internal(e: impl std::error::Error) -> ApiError {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    tracing::error!(error = %msg, "request failed inside the appliance");
+    ApiError::new(ErrorCode::Internal, format!("internal error: {msg}"))
+}
+
+fn lookup_err(e: LookupError) -> ApiError {
+    match e {
+        LookupError::NotFound(what) => ApiError::new(ErrorCode::NotFound, format!("{what} not found")),
+        LookupError::Store(e) => internal(e),
+    }
+}
+
+/// Checks a user name: 1-32 of `a-z 0-9 . _ -`, starting with a letter.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn audit(actor: String, event: &str, detail: String) -> AuditRecord {
+    AuditRecord {
+        at: unix_now(),
+        actor,
+        event: event.to_owned(),
+        detail,
+    }
+}
+
+impl Appliance {
+    /// Builds the shared state; the allow-list is filled from the store.
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        identity: ApplianceIdentity,
+        listening: Vec<SocketAddr>,
+    ) -> Result<Self, StoreError> {
+        let devices = Arc::new(DeviceAllowList::default());
+        for d in store.devices()? {
+            let standing = if d.revoked_at.is_some() {
+                DeviceStanding::Revoked
+            } else {
+                DeviceStanding::Allowed
+            };
+            devices.set(&d.fingerprint, standing);
+        }
+        Ok(Self {
+            codes: Mutex::new(PendingCodes::new(config.code_ttl)),
+            limiter: Mutex::new(AttemptLimiter::new(
+                config.max_failures,
+                config.failure_window,
+            )),
+            config,
+            store,
+            identity,
+            devices,
+            connections: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+            listening,
+            discovery: Mutex::new("starting".into()),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Identifies a QUIC peer by its certificate (already checked at the handshake).
+    pub async fn identify(&self, addr: SocketAddr, cert_fp: Option<String>) -> Caller {
+        let Some(fp) = cert_fp else {
+            return Caller::Unpaired { addr };
+        };
+        let found = self
+            .blocking(move |s| -> Result<_, StoreError> {
+                let Some(d) = s.device_by_fingerprint(&fp)? else {
+                    return Ok(None);
+                };
+                let role = s.user(&d.user)?.map(|u| u.role);
+                let _ = s.touch_device(&d.id, unix_now());
+                Ok(role.map(|r| (d, r)))
+            })
+            .await;
+        match found {
+            Ok(Some((device, role))) if device.revoked_at.is_none() => {
+                Caller::Device { device, role }
+            }
+            Ok(_) => Caller::Unpaired { addr },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up a device; treating it as unpaired");
+                Caller::Unpaired { addr }
+            }
+        }
+    }
+
+    /// Registers a live connection; returns its id for [`Self::unregister`].
+    pub fn register(&self, remote: SocketAddr, caller: &Caller) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let device = match caller {
+            Caller::Device { device, .. } => Some((device.id.clone(), device.user.clone())),
+            _ => None,
+        };
+        lock(&self.connections).insert(
+            id,
+            LiveConnection {
+                remote,
+                device,
+                since: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Forgets a live connection.
+    pub fn unregister(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    /// Issues a pairing code for `user` (who must exist).
+    pub fn issue_code(&self, user: &str) -> PairingCode {
+        let mut rng = rand::rngs::OsRng;
+        lock(&self.codes).issue(user, Instant::now(), || {
+            PairingCode::generate(|| (rng.next_u32() & 0xff) as u8)
+        })
+    }
+
+    /// Runs one request for the conversation's caller.
+    pub async fn handle(&self, conv: &mut Conversation, req: Request) -> Result<Response, ApiError> {
+        authorize(&conv.caller, &req)?;
+        let actor = conv.caller.actor();
+        match req {
+            Request::Status => self.status().await,
+            Request::UserAdd {
+                name,
+                password,
+                role,
+            } => self.user_add(actor, name, password, role).await,
+            Request::UserList => Ok(Response::Users(self.user_infos().await?)),
+            Request::UserRemove { name } => {
+                let audit = audit(actor, "user-remove", format!("removed user {name}"));
+                let n = name.clone();
+                let fps = self
+                    .blocking(move |s| s.remove_user(&n, unix_now(), &audit))
+                    .await
+                    .map_err(lookup_err)?;
+                for fp in fps {
+                    self.devices.set(&fp, DeviceStanding::Revoked);
+                }
+                lock(&self.codes).forget_user(&name);
+                tracing::info!(user = %name, "user removed");
+                Ok(Response::Done)
+            }
+            Request::DeviceList { user } => {
+                let user = match (&conv.caller, user) {
+                    (Caller::Device { device, role }, None) if *role != Role::Admin => {
+                        Some(device.user.clone())
+                    }
+                    (_, u) => u,
+                };
+                let all = self.device_infos().await?;
+                Ok(Response::Devices(
+                    all.into_iter()
+                        .filter(|d| user.as_ref().is_none_or(|u| *u == d.user))
+                        .collect(),
+                ))
+            }
+            Request::DeviceRevoke { id } => self.device_revoke(&conv.caller, actor, id).await,
+            Request::PairCodeCreate { user } => {
+                let u = user.clone();
+                let exists = self
+                    .blocking(move |s| s.user(&u))
+                    .await
+                    .map_err(internal)?
+                    .is_some();
+                if !exists {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("user '{user}' not found"),
+                    ));
+                }
+                let code = self.issue_code(&user);
+                let a = audit(actor, "pair-code", format!("pairing code {}-… for {user}", code.slot()));
+                self.blocking(move |s| s.audit(&a)).await.map_err(internal)?;
+                Ok(Response::PairCode {
+                    code: code.to_string(),
+                    expires_in_secs: self.config.code_ttl.as_secs(),
+                })
+            }
+            Request::PairCodeStart { slot, spake } => self.pair_start(conv, slot, spake).await,
+            Request::PairCodeFinish {
+                confirm,
+                csr_der,
+                device_name,
+            } => self.pair_finish(conv, confirm, csr_der, device_name).await,
+            Request::PairPassword {
+                user,
+                password,
+                csr_der,
+                device_name,
+            } => {
+                self.pair_password(conv, user, password, csr_der, device_name)
+                    .await
+            }
+            Request::Whoami => conv
+                .caller
+                .identity()
+                .map(Response::Whoami)
+                .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "not paired")),
+            // Workstations arrive with the workstation issue; until then every list is empty,
+            // and it is filtered to the caller's own user already.
+            Request::WorkstationList => Ok(Response::Workstations(Vec::new())),
+            Request::Audit { limit } => {
+                let rows = self
+                    .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
+                    .await
+                    .map_err(internal)?;
+                Ok(Response::Audit(
+                    rows.into_iter()
+                        .map(|(seq, a)| AuditEntry {
+                            seq,
+                            at: a.at,
+                            actor: a.actor,
+                            event: a.event,
+                            detail: a.detail,
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    async fn user_add(
+        &self,
+        actor: String,
+        name: String,
+        password: Option<String>,
+        role: Role,
+    ) -> Result<Response, ApiError> {
+        if !valid_user_name(&name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("'{name}' is not a valid user name: 1-32 of a-z 0-9 . _ -, starting with a letter"),
+            ));
+        }
+        let password_hash = match password {
+            None => None,
+            Some(p) if p.chars().count() < 8 => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "a password needs at least 8 characters",
+                ))
+            }
+            Some(p) => Some(
+                tokio::task::spawn_blocking(move || {
+                    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+                    Argon2::default()
+                        .hash_password(p.as_bytes(), &salt)
+                        .map(|h| h.to_string())
+                })
+                .await
+                .map_err(internal)?
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("hashing failed: {e}")))?,
+            ),
+        };
+        let rec = UserRecord {
+            name: name.clone(),
+            role,
+            password_hash,
+            created_at: unix_now(),
+        };
+        let a = audit(actor, "user-add", format!("added {role} {name}"));
+        match self.blocking(move |s| s.add_user(&rec, &a)).await {
+            Ok(()) => {
+                tracing::info!(user = %name, %role, "user added");
+                Ok(Response::Done)
+            }
+            Err(AddUserError::Exists(n)) => Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("user '{n}' already exists"),
+            )),
+            Err(AddUserError::Store(e)) => Err(internal(e)),
+        }
+    }
+
+    async fn device_revoke(
+        &self,
+        caller: &Caller,
+        actor: String,
+        id: String,
+    ) -> Result<Response, ApiError> {
+        let i = id.clone();
+        let dev = self
+            .blocking(move |s| s.device(&i))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("device '{id}' not found")))?;
+        if let Caller::Device { device, .. } = caller {
+            if !caller.is_admin() && device.user != dev.user {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("device '{id}' belongs to another user"),
+                ));
+            }
+        }
+        let a = audit(
+            actor,
+            "device-revoke",
+            format!("revoked device {id} ({}) of {}", dev.name, dev.user),
+        );
+        let i = id.clone();
+        let d = self
+            .blocking(move |s| s.revoke_device(&i, unix_now(), &a))
+            .await
+            .map_err(lookup_err)?;
+        self.devices.set(&d.fingerprint, DeviceStanding::Revoked);
+        tracing::info!(device = %id, user = %d.user, "device revoked");
+        Ok(Response::Done)
+    }
+
+    fn check_limits(&self, subjects: &[Subject]) -> Result<(), ApiError> {
+        lock(&self.limiter)
+            .check(subjects, Instant::now())
+            .map_err(|wait| {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                ApiError {
+                    code: ErrorCode::TooManyAttempts,
+                    message: format!("too many attempts, retry after {secs} s"),
+                    retry_after_secs: Some(secs),
+                }
+            })
+    }
+
+    async fn failed(&self, subjects: &[Subject], actor: String, event: &str, detail: String) {
+        lock(&self.limiter).fail(subjects, Instant::now());
+        tracing::warn!(%actor, event, %detail, "authentication attempt failed");
+        let a = audit(actor, event, detail);
+        if let Err(e) = self.blocking(move |s| s.audit(&a)).await {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+
+    async fn pair_start(
+        &self,
+        conv: &mut Conversation,
+        slot: String,
+        spake: Vec<u8>,
+    ) -> Result<Response, ApiError> {
+        let Caller::Unpaired { addr } = conv.caller else {
+            unreachable!("authorize lets only unpaired callers pair")
+        };
+        let mut subjects = vec![Subject::Addr(addr.ip())];
+        self.check_limits(&subjects)?;
+        let looked_up = lock(&self.codes).lookup(&slot, Instant::now());
+        let (code, user) = match looked_up {
+            Ok(v) => v,
+            Err(refused) => {
+                let code = match refused {
+                    CodeRefused::Unknown => ErrorCode::WrongCredentials,
+                    CodeRefused::Expired => ErrorCode::CodeExpired,
+                    CodeRefused::Used => ErrorCode::CodeUsed,
+                };
+                self.failed(&subjects, conv.caller.actor(), "pair-failed", refused.to_string())
+                    .await;
+                return Err(ApiError::new(code, refused.to_string()));
+            }
+        };
+        subjects.push(Subject::User(user.clone()));
+        self.check_limits(&subjects)?;
+        let (state, msg) = PakeState::start_appliance(&code);
+        let key = state.finish(&spake).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidArgument, e.to_string())
+        })?;
+        conv.pake = Some(PendingPake { slot, user, key });
+        Ok(Response::PairChallenge { spake: msg })
+    }
+
+    async fn pair_finish(
+        &self,
+        conv: &mut Conversation,
+        confirm: Vec<u8>,
+        csr_der: Vec<u8>,
+        device_name: String,
+    ) -> Result<Response, ApiError> {
+        let Caller::Unpaired { addr } = conv.caller else {
+            unreachable!("authorize lets only unpaired callers pair")
+        };
+        let pake = conv.pake.take().ok_or_else(|| {
+            ApiError::new(ErrorCode::OutOfOrder, "pair-code-finish without pair-code-start")
+        })?;
+        let subjects = [Subject::Addr(addr.ip()), Subject::User(pake.user.clone())];
+        self.check_limits(&subjects)?;
+        if !pake
+            .key
+            .verify_client(self.identity.server_der(), &csr_der, &confirm)
+        {
+            self.failed(
+                &subjects,
+                conv.caller.actor(),
+                "pair-failed",
+                format!("wrong code for slot {} (user {})", pake.slot, pake.user),
+            )
+            .await;
+            return Err(ApiError::new(ErrorCode::WrongCredentials, "wrong pairing code"));
+        }
+        let consumed = lock(&self.codes).consume(&pake.slot, Instant::now());
+        if let Err(refused) = consumed {
+            let code = match refused {
+                CodeRefused::Expired => ErrorCode::CodeExpired,
+                _ => ErrorCode::CodeUsed,
+            };
+            return Err(ApiError::new(code, refused.to_string()));
+        }
+        let mut paired = self
+            .enrol(&conv.caller, &pake.user, &csr_der, device_name, "code")
+            .await?;
+        paired.confirm = Some(pake.key.server_confirm(
+            self.identity.server_der(),
+            &paired.cert_der,
+            &paired.ca_der,
+        ));
+        Ok(Response::Paired(paired))
+    }
+
+    async fn pair_password(
+        &self,
+        conv: &mut Conversation,
+        user: String,
+        password: String,
+        csr_der: Vec<u8>,
+        device_name: String,
+    ) -> Result<Response, ApiError> {
+        let Caller::Unpaired { addr } = conv.caller else {
+            unreachable!("authorize lets only unpaired callers pair")
+        };
+        let subjects = [Subject::Addr(addr.ip()), Subject::User(user.clone())];
+        self.check_limits(&subjects)?;
+        let u = user.clone();
+        let rec = self.blocking(move |s| s.user(&u)).await.map_err(internal)?;
+        let hash = rec.and_then(|r| r.password_hash);
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => PasswordHash::new(&h)
+                .map(|ph| Argon2::default().verify_password(password.as_bytes(), &ph).is_ok())
+                .unwrap_or(false),
+            None => {
+                // Spend the same time for unknown users, so timing does not tell who exists.
+                let salt = SaltString::generate(&mut rand::rngs::OsRng);
+                let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+                false
+            }
+        })
+        .await
+        .map_err(internal)?;
+        if !ok {
+            self.failed(
+                &subjects,
+                conv.caller.actor(),
+                "login-failed",
+                format!("wrong password for {user}"),
+            )
+            .await;
+            return Err(ApiError::new(
+                ErrorCode::WrongCredentials,
+                "wrong user name or password",
+            ));
+        }
+        let paired = self
+            .enrol(&conv.caller, &user, &csr_der, device_name, "password")
+            .await?;
+        Ok(Response::Paired(paired))
+    }
+
+    /// Signs a device certificate and records the device.
+    async fn enrol(
+        &self,
+        caller: &Caller,
+        user: &str,
+        csr_der: &[u8],
+        device_name: String,
+        how: &str,
+    ) -> Result<PairedDevice, ApiError> {
+        let device_name: String = device_name.chars().take(64).collect();
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let device_id = format!("d-{}", hex::encode(&raw[..5]));
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let cert = self
+            .identity
+            .issue_device_cert(csr_der, &device_id, raw)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let rec = DeviceRecord {
+            id: device_id.clone(),
+            name: device_name.clone(),
+            user: user.to_owned(),
+            serial: cert.serial.clone(),
+            fingerprint: cert.fingerprint.clone(),
+            paired_at: unix_now(),
+            last_seen: None,
+            revoked_at: None,
+        };
+        let a = audit(
+            caller.actor(),
+            "device-paired",
+            format!("paired device {device_id} ({device_name}) for {user} by {how}"),
+        );
+        self.blocking(move |s| s.add_device(&rec, &a))
+            .await
+            .map_err(lookup_err)?;
+        self.devices.set(&cert.fingerprint, DeviceStanding::Allowed);
+        tracing::info!(device = %device_id, %user, how, "device paired");
+        Ok(PairedDevice {
+            device_id,
+            user: user.to_owned(),
+            cert_der: cert.der,
+            ca_der: self.identity.ca_der().to_vec(),
+            confirm: None,
+        })
+    }
+
+    async fn user_infos(&self) -> Result<Vec<UserInfo>, ApiError> {
+        let (users, devices) = self
+            .blocking(|s| Ok::<_, StoreError>((s.users()?, s.devices()?)))
+            .await
+            .map_err(internal)?;
+        Ok(users
+            .into_iter()
+            .map(|u| UserInfo {
+                devices: devices
+                    .iter()
+                    .filter(|d| d.user == u.name && d.revoked_at.is_none())
+                    .count() as u32,
+                has_password: u.password_hash.is_some(),
+                name: u.name,
+                role: u.role,
+                created_at: u.created_at,
+            })
+            .collect())
+    }
+
+    async fn device_infos(&self) -> Result<Vec<DeviceInfo>, ApiError> {
+        let devices = self.blocking(|s| s.devices()).await.map_err(internal)?;
+        let live: Vec<String> = lock(&self.connections)
+            .values()
+            .filter_map(|c| c.device.as_ref().map(|d| d.0.clone()))
+            .collect();
+        Ok(devices
+            .into_iter()
+            .map(|d| DeviceInfo {
+                connected: live.contains(&d.id),
+                id: d.id,
+                name: d.name,
+                user: d.user,
+                serial: d.serial,
+                paired_at: d.paired_at,
+                last_seen: d.last_seen,
+                revoked: d.revoked_at.is_some(),
+            })
+            .collect())
+    }
+
+    async fn status(&self) -> Result<Response, ApiError> {
+        let discovery = lock(&self.discovery).clone();
+        let users = self.user_infos().await?;
+        let devices = self.device_infos().await?;
+        let connections = lock(&self.connections)
+            .values()
+            .map(|c| ConnectionInfo {
+                remote: c.remote.to_string(),
+                device_id: c.device.as_ref().map(|d| d.0.clone()),
+                user: c.device.as_ref().map(|d| d.1.clone()),
+                connected_secs: c.since.elapsed().as_secs(),
+            })
+            .collect();
+        Ok(Response::Status(StatusReport {
+            name: self.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: (
+                periphery_protocol::MIN_PROTOCOL_VERSION,
+                periphery_protocol::PROTOCOL_VERSION,
+            ),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listening: self.listening.iter().map(|a| a.to_string()).collect(),
+            fingerprint: self.identity.fingerprint().to_owned(),
+            discovery,
+            users,
+            devices,
+            connections,
+            state_dir: self.config.state_dir.display().to_string(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(user: &str, role: Role) -> Caller {
+        Caller::Device {
+            device: DeviceRecord {
+                id: "d-1".into(),
+                name: "t".into(),
+                user: user.into(),
+                serial: "01".into(),
+                fingerprint: "fp".into(),
+                paired_at: 0,
+                last_seen: None,
+                revoked_at: None,
+            },
+            role,
+        }
+    }
+
+    fn unpaired() -> Caller {
+        Caller::Unpaired {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    fn code(r: Result<(), ApiError>) -> Option<ErrorCode> {
+        r.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn admin_actions_need_an_admin() {
+        let add = Request::UserAdd {
+            name: "x".into(),
+            password: None,
+            role: Role::User,
+        };
+        assert_eq!(code(authorize(&Caller::LocalAdmin { uid: 0 }, &add)), None);
+        assert_eq!(code(authorize(&device("root", Role::Admin), &add)), None);
+        assert_eq!(
+            code(authorize(&device("alice", Role::User), &add)),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(authorize(&unpaired(), &add)),
+            Some(ErrorCode::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn a_user_lists_only_their_own_devices() {
+        let alice = device("alice", Role::User);
+        let own = Request::DeviceList {
+            user: Some("alice".into()),
+        };
+        let bobs = Request::DeviceList {
+            user: Some("bob".into()),
+        };
+        assert_eq!(code(authorize(&alice, &own)), None);
+        assert_eq!(code(authorize(&alice, &bobs)), Some(ErrorCode::Forbidden));
+        assert_eq!(code(authorize(&alice, &Request::DeviceList { user: None })), None);
+    }
+
+    #[test]
+    fn only_unpaired_connections_pair_and_they_do_nothing_else() {
+        let start = Request::PairCodeStart {
+            slot: "AAAA".into(),
+            spake: vec![],
+        };
+        assert_eq!(code(authorize(&unpaired(), &start)), None);
+        assert_eq!(
+            code(authorize(&device("alice", Role::User), &start)),
+            Some(ErrorCode::Forbidden)
+        );
+        for r in [Request::Whoami, Request::WorkstationList, Request::Status] {
+            assert!(authorize(&unpaired(), &r).is_err(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn user_names_are_checked() {
+        assert!(valid_user_name("alice"));
+        assert!(valid_user_name("a.b-c_9"));
+        for bad in ["", "Alice", "9lives", "a b", &"a".repeat(33)] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
+    }
+}

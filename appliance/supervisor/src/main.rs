@@ -1,0 +1,397 @@
+//! `periphery`: the appliance daemon (`periphery serve`) and its admin CLI.
+//!
+//! Every admin command talks to the running daemon over `<state>/admin.sock`; the daemon owns
+//! the state. See the crate README for the map of modules.
+
+mod admin;
+mod appliance;
+mod codes;
+mod config;
+mod control;
+mod discovery;
+mod identity;
+mod limits;
+mod quic;
+mod serve;
+mod store;
+mod tls;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use periphery_protocol::{Request, Response, Role};
+
+use crate::admin::AdminClient;
+use crate::appliance::unix_now;
+use crate::config::{Config, FileConfig, LogFormat, Overrides};
+
+/// Periphery: a desktop microcloud appliance.
+#[derive(Debug, Parser)]
+#[command(name = "periphery", version, about)]
+struct Cli {
+    /// State directory: database, identity, admin socket.
+    #[arg(long, global = true, env = "PERIPHERY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance daemon.
+    Serve(ServeArgs),
+    /// Show the appliance's status.
+    Status,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage paired devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show the audit log.
+    Audit {
+        /// Show at most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file (TOML). Default: <state>/periphery.toml if it exists.
+    #[arg(long, env = "PERIPHERY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Appliance name, announced on the LAN.
+    #[arg(long, env = "PERIPHERY_NAME")]
+    name: Option<String>,
+    /// QUIC listen address (default 127.0.0.1:4470).
+    #[arg(long, env = "PERIPHERY_LISTEN")]
+    listen: Option<String>,
+    /// Listen on all interfaces (0.0.0.0:4470): what an appliance on a LAN does.
+    #[arg(long, conflicts_with = "listen")]
+    public: bool,
+    /// Do not announce by mDNS.
+    #[arg(long)]
+    no_discovery: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "PERIPHERY_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or periphery=debug.
+    #[arg(long, env = "PERIPHERY_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user. Asks for a password unless --password-stdin or --no-password.
+    Add {
+        /// Login name.
+        name: String,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long, conflicts_with = "no_password")]
+        password_stdin: bool,
+        /// No password: the user pairs devices with codes only.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// List users.
+    List,
+    /// Remove a user and revoke their devices.
+    Remove {
+        /// Login name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Print a one-time pairing code for a user.
+    PairCode {
+        /// The user the tablet will belong to.
+        #[arg(long)]
+        user: String,
+    },
+    /// List paired devices.
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a device: it is refused from now on.
+    Revoke {
+        /// Device id (see `device list`).
+        id: String,
+    },
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("periphery");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/periphery"),
+        None => PathBuf::from("/var/lib/periphery"),
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(40)
+        .collect();
+    let clean = clean.trim_matches('-');
+    if clean.is_empty() {
+        "periphery".into()
+    } else {
+        format!("periphery-{clean}")
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
+    match cli.command {
+        Command::Serve(a) => {
+            let file_path = a
+                .config
+                .clone()
+                .or_else(|| Some(state_dir.join("periphery.toml")).filter(|p| p.exists()));
+            let file = match &file_path {
+                Some(p) => FileConfig::read(p)?,
+                None => FileConfig::default(),
+            };
+            let over = Overrides {
+                name: a.name,
+                listen: a.listen,
+                public: a.public,
+                no_discovery: a.no_discovery,
+                log_format: a.log_format,
+                log_level: a.log_level,
+            };
+            let config = Config::from_parts(state_dir, default_name(), file, over)?;
+            init_logging(&config);
+            serve::serve(config).await
+        }
+        Command::Status => status(&state_dir).await,
+        Command::User(c) => user(&state_dir, c).await,
+        Command::Device(c) => device(&state_dir, c).await,
+        Command::Audit { limit } => {
+            let mut c = AdminClient::connect(&state_dir).await?;
+            let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            let now = unix_now();
+            for r in rows {
+                println!(
+                    "{:>6}  {:>8} ago  {:<18} {:<24} {}",
+                    r.seq,
+                    ago(now, r.at),
+                    r.event,
+                    r.actor,
+                    r.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&c.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut c = AdminClient::connect(state_dir).await?;
+    let Response::Status(s) = c.request(Request::Status).await? else {
+        anyhow::bail!("unexpected answer");
+    };
+    let now = unix_now();
+    println!("Periphery appliance {}", s.name);
+    println!("  version       {} (protocol {}-{})", s.version, s.protocol.0, s.protocol.1);
+    println!("  uptime        {}", ago(s.uptime_secs, 0));
+    println!("  listening     {}", s.listening.join(", "));
+    println!("  fingerprint   {}", s.fingerprint);
+    println!("  discovery     {}", s.discovery);
+    println!("  state         {}", s.state_dir);
+    println!("users ({})", s.users.len());
+    for u in &s.users {
+        println!("  {:<20} {:<6} devices {}", u.name, u.role, u.devices);
+    }
+    println!("devices ({})", s.devices.len());
+    for d in &s.devices {
+        println!(
+            "  {:<14} {:<16} {:<20} {}{}",
+            d.id,
+            d.user,
+            d.name,
+            if d.revoked { "revoked" } else { "active" },
+            if d.connected { ", connected" } else { "" }
+        );
+    }
+    println!("connected tablets ({})", s.connections.len());
+    for t in &s.connections {
+        println!(
+            "  {:<22} {:<16} {:<14} {}",
+            t.remote,
+            t.user.as_deref().unwrap_or("(unpaired)"),
+            t.device_id.as_deref().unwrap_or("-"),
+            ago(now, now.saturating_sub(t.connected_secs))
+        );
+    }
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("no terminal to ask for a password: use --password-stdin or --no-password");
+    }
+    let p1 = rpassword::prompt_password("password: ")?;
+    let p2 = rpassword::prompt_password("again: ")?;
+    if p1 != p2 {
+        anyhow::bail!("the passwords differ");
+    }
+    Ok(p1)
+}
+
+async fn user(state_dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            admin,
+            password_stdin,
+            no_password,
+        } => {
+            let password = if no_password {
+                None
+            } else if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                Some(read_password()?)
+            };
+            let role = if admin { Role::Admin } else { Role::User };
+            let mut c = AdminClient::connect(state_dir).await?;
+            c.request(Request::UserAdd {
+                name: name.clone(),
+                password,
+                role,
+            })
+            .await?;
+            println!("added {role} {name}");
+        }
+        UserCommand::List => {
+            let mut c = AdminClient::connect(state_dir).await?;
+            let Response::Users(users) = c.request(Request::UserList).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            for u in users {
+                println!(
+                    "{:<20} {:<6} devices {:<3} {}",
+                    u.name,
+                    u.role,
+                    u.devices,
+                    if u.has_password { "password" } else { "codes only" }
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            let mut c = AdminClient::connect(state_dir).await?;
+            c.request(Request::UserRemove { name: name.clone() }).await?;
+            println!("removed user {name}; their devices are revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn device(state_dir: &std::path::Path, cmd: DeviceCommand) -> anyhow::Result<()> {
+    let mut c = AdminClient::connect(state_dir).await?;
+    match cmd {
+        DeviceCommand::PairCode { user } => {
+            let Response::PairCode {
+                code,
+                expires_in_secs,
+            } = c.request(Request::PairCodeCreate { user: user.clone() }).await?
+            else {
+                anyhow::bail!("unexpected answer");
+            };
+            println!("{code}");
+            eprintln!(
+                "one-time code for {user}, valid {expires_in_secs} s: on the tablet run\n  periphery-tablet pair <appliance address> --code {code}\nand check that it shows fingerprint {}",
+                c.welcome.fingerprint
+            );
+        }
+        DeviceCommand::List { user } => {
+            let Response::Devices(devices) = c.request(Request::DeviceList { user }).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            let now = unix_now();
+            for d in devices {
+                println!(
+                    "{:<14} {:<16} {:<20} paired {:>8} ago  last seen {:<10} serial {}  {}{}",
+                    d.id,
+                    d.user,
+                    d.name,
+                    ago(now, d.paired_at),
+                    d.last_seen
+                        .map(|t| format!("{} ago", ago(now, t)))
+                        .unwrap_or_else(|| "never".into()),
+                    d.serial,
+                    if d.revoked { "revoked" } else { "active" },
+                    if d.connected { ", connected" } else { "" }
+                );
+            }
+        }
+        DeviceCommand::Revoke { id } => {
+            c.request(Request::DeviceRevoke { id: id.clone() }).await?;
+            println!("revoked {id}: it is refused from now on");
+        }
+    }
+    Ok(())
+}

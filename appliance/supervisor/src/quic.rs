@@ -1,0 +1,95 @@
+//! The QUIC endpoint: accepts connections, identifies them, and serves their control stream.
+//!
+//! One task per connection, inside a `conn` span with the remote address and device. A
+//! connection whose client misbehaves is closed with the matching
+//! [`CloseCode`](periphery_protocol::CloseCode); other connections are not affected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use tracing::Instrument;
+
+use periphery_protocol::pairing::fingerprint;
+use periphery_protocol::CloseCode;
+
+use crate::appliance::{Appliance, Caller, Conversation};
+use crate::control::{self, HELLO_TIMEOUT};
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn run(
+    app: Arc<Appliance>,
+    endpoint: quinn::Endpoint,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tokio::spawn(handle(app.clone(), incoming));
+            }
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    endpoint.close(
+        CloseCode::ShuttingDown.as_u32().into(),
+        CloseCode::ShuttingDown.reason().as_bytes(),
+    );
+    // Give peers a moment to receive the close.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| fingerprint(c))
+}
+
+async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Includes refused device certificates; the verifier logged those.
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let caller = app.identify(remote, peer_fingerprint(&conn)).await;
+    let device = match &caller {
+        Caller::Device { device, .. } => format!("{}@{}", device.user, device.id),
+        _ => "unpaired".to_owned(),
+    };
+    let span = tracing::info_span!("conn", %remote, %device);
+    async move {
+        tracing::debug!("connected");
+        let id = app.register(remote, &caller);
+        let mut conv = Conversation::new(caller);
+        let outcome = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+            Err(_) => Err((CloseCode::Timeout, "no control stream".to_owned())),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "closed before opening a stream");
+                Ok(())
+            }
+            Ok(Ok((send, recv))) => control::serve(&app, &mut conv, recv, send)
+                .await
+                .map_err(|e| (e.close_code(), e.reason())),
+        };
+        match outcome {
+            Ok(()) => {
+                // The client ended its side; let it close the connection (it has our last
+                // response) or time out.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                conn.close(CloseCode::Normal.as_u32().into(), b"bye");
+            }
+            Err((code, reason)) => {
+                tracing::warn!(close = ?code, %reason, "closing a misbehaving connection");
+                conn.close(code.as_u32().into(), reason.as_bytes());
+            }
+        }
+        app.unregister(id);
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await;
+}

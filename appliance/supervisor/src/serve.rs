@@ -1,0 +1,148 @@
+//! `periphery serve`: resolve the validated configuration against the machine and run.
+//!
+//! Order matters: state directory, store, identity, then the sockets (so a second daemon on
+//! the same state directory fails on the store lock before touching anything), then mDNS,
+//! then the console banner. SIGINT/SIGTERM close the endpoint with `ShuttingDown`.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use periphery_protocol::{Request, Response, Role};
+
+use crate::admin;
+use crate::appliance::{Appliance, Caller, Conversation};
+use crate::config::Config;
+use crate::identity::ApplianceIdentity;
+use crate::store::Store;
+
+/// Runs the daemon until a signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let dir = &config.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))?;
+
+    let store = Arc::new(Store::open(&dir.join("state.redb"))?);
+    let identity = ApplianceIdentity::load_or_create(dir, &config.name)?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Installed explicitly so that a dependency enabling another provider cannot make rustls
+    // panic about an ambiguous default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let admin_listener = admin::bind(dir).await?;
+    // The endpoint needs the allow-list, the appliance needs the bound addresses: build the
+    // appliance with the configured address first, then bind.
+    let mut app = Appliance::new(config.clone(), store, identity, vec![config.listen])?;
+    let server_config =
+        crate::tls::server_config(&app.identity, app.devices.clone(), provider)?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
+    let bound = endpoint.local_addr()?;
+    app.listening = vec![bound];
+
+    let first_boot_code = first_boot_admin(&app).await?;
+    let app = Arc::new(app);
+
+    let _mdns = if config.discovery {
+        match crate::discovery::announce(&config.name, bound, app.identity.fingerprint()) {
+            Ok(d) => {
+                *app.discovery.lock().unwrap_or_else(|p| p.into_inner()) =
+                    format!("announced as {} on {}", config.name, periphery_protocol::SERVICE_TYPE);
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "discovery is off");
+                *app.discovery.lock().unwrap_or_else(|p| p.into_inner()) = format!("off: {e}");
+                None
+            }
+        }
+    } else {
+        *app.discovery.lock().unwrap_or_else(|p| p.into_inner()) = "off (configured)".into();
+        None
+    };
+
+    print_banner(&app, bound, first_boot_code.as_deref());
+    tracing::info!(name = %config.name, listen = %bound, fingerprint = %app.identity.fingerprint(), "appliance ready");
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));
+    let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = quic.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// On the first start there are no users: create `admin` (no password; it pairs with the
+/// console code). Returns a pairing code for the first admin, for the console banner.
+async fn first_boot_admin(app: &Appliance) -> anyhow::Result<Option<String>> {
+    let mut conv = Conversation::new(Caller::LocalAdmin { uid: 0 });
+    let Response::Users(users) = app.handle(&mut conv, Request::UserList).await? else {
+        anyhow::bail!("unexpected answer to user-list");
+    };
+    let admin = match users.iter().find(|u| u.role == Role::Admin) {
+        Some(a) => a.name.clone(),
+        None if users.is_empty() => {
+            app.handle(
+                &mut conv,
+                Request::UserAdd {
+                    name: "admin".into(),
+                    password: None,
+                    role: Role::Admin,
+                },
+            )
+            .await?;
+            "admin".to_owned()
+        }
+        None => return Ok(None),
+    };
+    match app
+        .handle(&mut conv, Request::PairCodeCreate { user: admin.clone() })
+        .await?
+    {
+        Response::PairCode { code, .. } => Ok(Some(format!("{code}  (for user {admin})"))),
+        _ => Ok(None),
+    }
+}
+
+fn print_banner(app: &Appliance, bound: std::net::SocketAddr, code: Option<&str>) {
+    let c = &app.config;
+    let host = if bound.ip().is_unspecified() {
+        "<this machine's address>".to_owned()
+    } else {
+        bound.ip().to_string()
+    };
+    let port_arg = if bound.port() == periphery_protocol::DEFAULT_PORT {
+        String::new()
+    } else {
+        format!(":{}", bound.port())
+    };
+    println!();
+    println!("  Periphery appliance {}  (version {})", c.name, env!("CARGO_PKG_VERSION"));
+    println!("  address       {bound}  (QUIC, ALPN periphery/1)");
+    println!("  fingerprint   {}", app.identity.fingerprint());
+    if let Some(code) = code {
+        let plain = code.split_whitespace().next().unwrap_or_default();
+        println!(
+            "  pairing code  {code}, valid {} s",
+            c.code_ttl.as_secs()
+        );
+        println!("  pair a tablet periphery-tablet pair {host}{port_arg} --code {plain}");
+    }
+    println!("  state         {}", c.state_dir.display());
+    println!();
+}
