@@ -1,1 +1,232 @@
-fn main() {}
+//! `periphery-tablet`: discover an appliance, pair with it, and use it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use periphery_protocol::pairing::{fingerprint_matches, PairingCode};
+use periphery_protocol::{Identity, Request, Response};
+use periphery_tablet::home::Home;
+use periphery_tablet::pairing::FirstContact;
+use periphery_tablet::session::{resolve, Session};
+use periphery_tablet::{discover, tls};
+
+/// The Periphery tablet client.
+#[derive(Debug, Parser)]
+#[command(name = "periphery-tablet", version, about)]
+struct Cli {
+    /// Where this tablet keeps its key and pairing.
+    #[arg(long, global = true, env = "PERIPHERY_TABLET_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Find appliances on the LAN (mDNS/DNS-SD).
+    Discover {
+        /// How long to listen, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+        /// Stop at the first appliance found.
+        #[arg(long)]
+        first: bool,
+    },
+    /// Pair with an appliance, by one-time code or by password.
+    Pair {
+        /// Appliance address: host or host:port (default port 4470).
+        host: String,
+        /// One-time code from the appliance (`periphery device pair-code`, or its console).
+        #[arg(long, conflicts_with = "user")]
+        code: Option<String>,
+        /// Pair with this user's password instead of a code.
+        #[arg(long, required_unless_present = "code")]
+        user: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long, requires = "user")]
+        password_stdin: bool,
+        /// The appliance fingerprint you expect (at least 16 hex digits), instead of a prompt.
+        #[arg(long, requires = "user")]
+        fingerprint: Option<String>,
+        /// A name for this device, shown in device lists.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show who this tablet is on the appliance.
+    Whoami,
+    /// List this user's workstations.
+    Workstations,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERIPHERY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_device_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("tablet-{}", host.trim())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
+    match cli.command {
+        Command::Discover { timeout, first } => {
+            let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 300.0));
+            let found = tokio::task::spawn_blocking(move || discover::discover(timeout, first))
+                .await??;
+            if found.is_empty() {
+                anyhow::bail!("no appliance answered within {timeout:?}");
+            }
+            for f in found {
+                let addrs: Vec<String> = f.addresses.iter().map(|a| a.to_string()).collect();
+                println!(
+                    "{}  {}  port {}  protocol {}  version {}  {}",
+                    f.name,
+                    addrs.join(","),
+                    f.port,
+                    f.proto,
+                    f.version,
+                    f.fingerprint
+                );
+            }
+        }
+        Command::Pair {
+            host,
+            code,
+            user,
+            password_stdin,
+            fingerprint,
+            name,
+        } => {
+            let name = name.unwrap_or_else(default_device_name);
+            let addr = resolve(&host)
+                .await
+                .with_context(|| format!("cannot resolve {host}"))?;
+            let code = code
+                .map(|c| PairingCode::parse(&c))
+                .transpose()
+                .context("invalid --code")?;
+            let contact = FirstContact::connect(addr).await?;
+            let fp = contact.fingerprint();
+            let creds = match (code, user) {
+                (Some(code), _) => {
+                    eprintln!("appliance {} ({fp})", contact.session.welcome.appliance);
+                    contact.pair_with_code(&host, &code, &name).await?
+                }
+                (None, Some(user)) => {
+                    confirm_fingerprint(&contact.session.welcome.appliance, &fp, fingerprint)?;
+                    let password = if password_stdin {
+                        let mut line = String::new();
+                        std::io::stdin().lock().read_line(&mut line)?;
+                        line.trim_end_matches(['\r', '\n']).to_owned()
+                    } else if std::io::stdin().is_terminal() {
+                        rpassword::prompt_password(format!("password for {user}: "))?
+                    } else {
+                        anyhow::bail!("no terminal to ask for the password: use --password-stdin");
+                    };
+                    contact
+                        .pair_with_password(&host, &user, password, &name)
+                        .await?
+                }
+                (None, None) => anyhow::bail!("give --code or --user"),
+            };
+            home.save(&creds)?;
+            println!(
+                "paired with {} as {} (device {}); credentials in {}",
+                creds.pairing.appliance,
+                creds.pairing.user,
+                creds.pairing.device_id,
+                home.dir().display()
+            );
+        }
+        Command::Whoami => {
+            let mut s = connect(&home).await?;
+            let Response::Whoami(id) = s.request(Request::Whoami).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            match id {
+                Identity::Device {
+                    device_id,
+                    device_name,
+                    user,
+                    role,
+                } => println!(
+                    "user {user} ({role}), device {device_id} ({device_name}), appliance {}",
+                    s.welcome.appliance
+                ),
+                Identity::LocalAdmin { uid } => println!("local admin (uid {uid})"),
+            }
+            s.close().await;
+        }
+        Command::Workstations => {
+            let mut s = connect(&home).await?;
+            let Response::Workstations(list) = s.request(Request::WorkstationList).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            if list.is_empty() {
+                println!("no workstations");
+            }
+            for w in list {
+                println!("{:<20} {:<8} {}", w.name, w.backend, w.state);
+            }
+            s.close().await;
+        }
+    }
+    Ok(())
+}
+
+fn confirm_fingerprint(appliance: &str, fp: &str, expected: Option<String>) -> anyhow::Result<()> {
+    if let Some(expected) = expected {
+        if fingerprint_matches(fp, &expected) {
+            return Ok(());
+        }
+        anyhow::bail!("the appliance presented {fp}, not the fingerprint you gave: not sending the password");
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("appliance {appliance} presents {fp}: confirm it with --fingerprint (no terminal to ask)");
+    }
+    eprint!("appliance {appliance} presents\n  {fp}\nDoes this match the fingerprint on the appliance's console? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("fingerprint not confirmed: not sending the password")
+    }
+}
+
+async fn connect(home: &Home) -> anyhow::Result<Session> {
+    let c = home.load()?;
+    let addr = resolve(&c.pairing.address)
+        .await
+        .with_context(|| format!("cannot resolve {}", c.pairing.address))?;
+    let config = tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)?;
+    Ok(Session::connect(addr, config).await?)
+}

@@ -82,6 +82,10 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
                 conn.close(CloseCode::Normal.as_u32().into(), b"bye");
             }
+            Err(_) if conn.close_reason().is_some() => {
+                // The client closed the connection while we were reading: it left.
+                tracing::debug!(reason = ?conn.close_reason(), "client closed the connection");
+            }
             Err((code, reason)) => {
                 tracing::warn!(close = ?code, %reason, "closing a misbehaving connection");
                 conn.close(code.as_u32().into(), reason.as_bytes());

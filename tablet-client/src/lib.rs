@@ -1,0 +1,14 @@
+//! The Periphery tablet client as a library: the `periphery-tablet` binary is a thin CLI over
+//! it, and end-to-end tests use it to act as tablets (well-behaved or not).
+//!
+//! - [`tls`]: first-contact and pinned TLS configurations;
+//! - [`session`]: a control-stream session (connect, hello, requests);
+//! - [`pairing`]: pairing by code (SPAKE2) and by password;
+//! - [`home`]: the tablet's stored credentials;
+//! - [`discover`]: finding appliances by DNS-SD.
+
+pub mod discover;
+pub mod home;
+pub mod pairing;
+pub mod session;
+pub mod tls;
