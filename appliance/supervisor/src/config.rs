@@ -200,10 +200,10 @@ impl Config {
         let discovery = !over.no_discovery && file.discovery.unwrap_or(true);
 
         let code_ttl_secs = file.pairing.code_ttl_secs.unwrap_or(300);
-        if !(10..=86_400).contains(&code_ttl_secs) {
+        if !(1..=86_400).contains(&code_ttl_secs) {
             return Err(invalid(
                 "pairing.code_ttl_secs",
-                format!("{code_ttl_secs} is outside 10..=86400"),
+                format!("{code_ttl_secs} is outside 1..=86400"),
             ));
         }
         let max_failures = file.pairing.max_failures.unwrap_or(5);
@@ -305,7 +305,7 @@ mod tests {
     fn bad_values_name_their_key() {
         let e = build("listen = \"nope\"", Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("`listen`"), "{e}");
-        let e = build("[pairing]\ncode_ttl_secs = 1", Overrides::default()).unwrap_err();
+        let e = build("[pairing]\ncode_ttl_secs = 0", Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("pairing.code_ttl_secs"), "{e}");
         let e = build("[log]\nformat = \"xml\"", Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("log.format"), "{e}");
