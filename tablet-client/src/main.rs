@@ -72,7 +72,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -98,8 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Discover { timeout, first } => {
             let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 300.0));
-            let found = tokio::task::spawn_blocking(move || discover::discover(timeout, first))
-                .await??;
+            let found =
+                tokio::task::spawn_blocking(move || discover::discover(timeout, first)).await??;
             if found.is_empty() {
                 anyhow::bail!("no appliance answered within {timeout:?}");
             }
@@ -206,7 +209,9 @@ fn confirm_fingerprint(appliance: &str, fp: &str, expected: Option<String>) -> a
         if fingerprint_matches(fp, &expected) {
             return Ok(());
         }
-        anyhow::bail!("the appliance presented {fp}, not the fingerprint you gave: not sending the password");
+        anyhow::bail!(
+            "the appliance presented {fp}, not the fingerprint you gave: not sending the password"
+        );
     }
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("appliance {appliance} presents {fp}: confirm it with --fingerprint (no terminal to ask)");

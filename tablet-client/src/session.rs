@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use periphery_protocol::{
-    decode_payload, encode_frame, hello, ApiError, ClientMessage, CloseCode, FrameDecoder,
-    Request, Response, ServerMessage, Welcome, DEFAULT_MAX_FRAME, SERVER_NAME,
+    decode_payload, encode_frame, hello, ApiError, ClientMessage, CloseCode, FrameDecoder, Request,
+    Response, ServerMessage, Welcome, DEFAULT_MAX_FRAME, SERVER_NAME,
 };
 
 /// TLS alert codes that mean the appliance refused this device's certificate.
@@ -67,14 +67,20 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
                 format!("the appliance closed the connection: {c}")
             }
         }
-        C::TimedOut => "no answer from the appliance (is it running, and is the address right?)".into(),
+        C::TimedOut => {
+            "no answer from the appliance (is it running, and is the address right?)".into()
+        }
         other => format!("connection failed: {other}"),
     }
 }
 
 /// Resolves `host` or `host:port` (default port 4470).
 pub async fn resolve(host: &str) -> std::io::Result<SocketAddr> {
-    let with_port = if host.parse::<SocketAddr>().is_ok() || host.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+    let with_port = if host.parse::<SocketAddr>().is_ok()
+        || host
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
         host.to_owned()
     } else if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{}", periphery_protocol::DEFAULT_PORT)
@@ -102,7 +108,10 @@ pub struct Session {
 
 impl Session {
     /// Connects to `addr` with `config`, opens the control stream and says hello.
-    pub async fn connect(addr: SocketAddr, config: quinn::ClientConfig) -> Result<Self, SessionError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<Self, SessionError> {
         let (conn, endpoint) = connect(addr, config).await?;
         let (send, recv) = conn.open_bi().await.map_err(SessionError::Connection)?;
         let mut s = Self {
@@ -160,12 +169,16 @@ impl Session {
             match self.recv.read(&mut buf).await {
                 Ok(None) => {
                     // Wait briefly for the close frame that explains why.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed()).await;
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed())
+                            .await;
                     return Err(self.lost("the appliance ended the stream".into()));
                 }
                 Ok(Some(n)) => self.dec.push(&buf[..n]),
                 Err(e) => {
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed()).await;
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed())
+                            .await;
                     return Err(self.lost(e.to_string()));
                 }
             }

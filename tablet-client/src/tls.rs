@@ -115,12 +115,13 @@ pub fn pinned(
     let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(ca_der.to_vec()))?;
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
-    let key = PrivateKeyDer::try_from(key_der.to_vec()).map_err(|e| {
-        rustls::Error::General(format!("the device key is unreadable: {e}"))
-    })?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let key = PrivateKeyDer::try_from(key_der.to_vec())
+        .map_err(|e| rustls::Error::General(format!("the device key is unreadable: {e}")))?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_webpki_verifier(verifier)

@@ -38,7 +38,10 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -150,6 +153,18 @@ impl Daemon {
         run(cmd, stdin)
     }
 
+    /// Starts `periphery --state-dir <state> args...` without waiting for it.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        let mut cmd = command(&self.prefix, &bin("periphery"));
+        cmd.arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("spawn periphery")
+    }
+
     /// Runs a CLI command that must succeed; returns its standard output.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -227,7 +242,10 @@ fn read_banner(rx: &mpsc::Receiver<String>, child: &mut Child, state: &Path) -> 
                 std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
             );
         }
-        assert!(Instant::now() < end, "no banner from periphery serve within 60 s");
+        assert!(
+            Instant::now() < end,
+            "no banner from periphery serve within 60 s"
+        );
     }
     Banner {
         addr: addr.expect("banner has an address"),
@@ -322,6 +340,13 @@ impl Tablet {
 
     /// Pairs with a code; must succeed.
     pub fn pair(&self, daemon: &Daemon, code: &str) -> String {
-        self.ok(&["pair", &daemon.address(), "--code", code, "--name", "test-tablet"])
+        self.ok(&[
+            "pair",
+            &daemon.address(),
+            "--code",
+            code,
+            "--name",
+            "test-tablet",
+        ])
     }
 }

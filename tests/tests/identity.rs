@@ -1,5 +1,7 @@
 //! Device identity over time: mTLS after a restart, revocation, and users kept apart.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use periphery_e2e::{Daemon, DaemonOptions, Tablet};
 use periphery_protocol::{ErrorCode, Request, Response, Role};
 use periphery_tablet::home::Home;
@@ -66,7 +68,11 @@ fn a_revoked_device_is_refused_at_the_handshake_and_others_keep_working() {
     assert!(e.contains("revoked"), "{e}");
     assert!(t2.ok(&["whoami"]).starts_with("user alice"));
     let list = d.ok(&["device", "list"]);
-    assert!(list.lines().any(|l| l.starts_with(&id1) && l.contains("revoked")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id1) && l.contains("revoked")),
+        "{list}"
+    );
     assert!(d.ok(&["audit"]).contains("device-revoke"));
 
     // Removing a user revokes all their devices.
@@ -109,7 +115,8 @@ async fn a_device_of_alice_cannot_act_as_bob() {
         .await;
     assert_eq!(api_code(r), ErrorCode::Forbidden);
     // Her own list holds only her device.
-    let Response::Devices(mine) = s.request(Request::DeviceList { user: None }).await.unwrap() else {
+    let Response::Devices(mine) = s.request(Request::DeviceList { user: None }).await.unwrap()
+    else {
         panic!()
     };
     assert_eq!(mine.len(), 1);

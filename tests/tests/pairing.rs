@@ -1,5 +1,7 @@
 //! Pairing against a real daemon: by code, by password, and every way it must refuse.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use periphery_e2e::{Daemon, DaemonOptions, Tablet};
 
 fn setup() -> (tempfile::TempDir, Daemon) {
@@ -20,16 +22,26 @@ fn pair_with_a_code_then_whoami_and_workstations_over_mtls() {
     assert_eq!(t.ok(&["workstations"]).trim(), "no workstations");
     // The appliance lists the device with the name the tablet gave.
     let devices = d.ok(&["device", "list", "--user", "alice"]);
-    assert!(devices.contains("test-tablet") && devices.contains("active"), "{devices}");
+    assert!(
+        devices.contains("test-tablet") && devices.contains("active"),
+        "{devices}"
+    );
     // The audit log has the code and the pairing.
     let audit = d.ok(&["audit"]);
-    assert!(audit.contains("pair-code") && audit.contains("device-paired"), "{audit}");
+    assert!(
+        audit.contains("pair-code") && audit.contains("device-paired"),
+        "{audit}"
+    );
 }
 
 #[test]
 fn the_console_code_pairs_the_first_admin() {
     let (dir, d) = setup();
-    let code = d.banner.admin_code.clone().expect("first boot shows a code");
+    let code = d
+        .banner
+        .admin_code
+        .clone()
+        .expect("first boot shows a code");
     let t = Tablet::new(&dir.path().join("t"));
     t.pair(&d, &code);
     assert!(t.ok(&["whoami"]).starts_with("user admin (admin)"));
@@ -38,23 +50,45 @@ fn the_console_code_pairs_the_first_admin() {
 #[test]
 fn pair_with_a_password_after_confirming_the_fingerprint() {
     let (dir, d) = setup();
-    let out = d.cli_with_stdin(&["user", "add", "bob", "--password-stdin"], Some("correct horse\n"));
+    let out = d.cli_with_stdin(
+        &["user", "add", "bob", "--password-stdin"],
+        Some("correct horse\n"),
+    );
     assert!(out.status.success());
     let t = Tablet::new(&dir.path().join("t"));
     let fp = d.banner.fingerprint.clone();
 
     // A fingerprint that is not the appliance's: the password is never sent.
     let wrong = t.cli(
-        &["pair", &d.address(), "--user", "bob", "--password-stdin", "--fingerprint", "sha256:00112233445566778899"],
+        &[
+            "pair",
+            &d.address(),
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--fingerprint",
+            "sha256:00112233445566778899",
+        ],
         Some("correct horse\n"),
     );
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("not sending the password"));
-    assert!(!d.ok(&["audit"]).contains("login-failed"), "a password was tried");
+    assert!(
+        !d.ok(&["audit"]).contains("login-failed"),
+        "a password was tried"
+    );
 
     // A wrong password.
     let bad = t.cli(
-        &["pair", &d.address(), "--user", "bob", "--password-stdin", "--fingerprint", &fp],
+        &[
+            "pair",
+            &d.address(),
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--fingerprint",
+            &fp,
+        ],
         Some("wrong horse\n"),
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("wrong user name or password"));
@@ -62,10 +96,22 @@ fn pair_with_a_password_after_confirming_the_fingerprint() {
     // The right one, with a 16-digit fingerprint prefix.
     let short = &fp[7..23];
     let ok = t.cli(
-        &["pair", &d.address(), "--user", "bob", "--password-stdin", "--fingerprint", short],
+        &[
+            "pair",
+            &d.address(),
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--fingerprint",
+            short,
+        ],
         Some("correct horse\n"),
     );
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(t.ok(&["whoami"]).starts_with("user bob (user)"));
 }
 
@@ -97,7 +143,10 @@ fn wrong_expired_and_reused_codes_are_refused_clearly() {
     let wrong_secret = format!("{}-0000", &code[..4]);
     let e = t.fails(&["pair", &d.address(), "--code", &wrong_secret]);
     assert!(e.contains("wrong pairing code"), "{e}");
-    assert!(!t.home.join("appliance.toml").exists(), "a failed pairing stored credentials");
+    assert!(
+        !t.home.join("appliance.toml").exists(),
+        "a failed pairing stored credentials"
+    );
 }
 
 #[test]
@@ -147,7 +196,10 @@ fn a_bad_config_names_the_key_and_nothing_starts() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{key} not named in: {err}");
     }
-    assert!(!state.join("state.redb").exists(), "a bad config created state");
+    assert!(
+        !state.join("state.redb").exists(),
+        "a bad config created state"
+    );
 }
 
 #[test]
@@ -165,6 +217,9 @@ fn json_logs_are_one_object_per_line() {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for l in lines {
-        assert!(l.starts_with('{') && l.ends_with('}') && l.contains("\"level\""), "{l}");
+        assert!(
+            l.starts_with('{') && l.ends_with('}') && l.contains("\"level\""),
+            "{l}"
+        );
     }
 }

@@ -212,7 +212,10 @@ mod tests {
         );
         let mut dec = FrameDecoder::new(64);
         dec.push(&[0, 0]);
-        assert_eq!(dec.finish(), Err(FrameError::Truncated { have: 2, need: 4 }));
+        assert_eq!(
+            dec.finish(),
+            Err(FrameError::Truncated { have: 2, need: 4 })
+        );
     }
 
     #[test]

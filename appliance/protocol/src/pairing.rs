@@ -201,7 +201,10 @@ impl SessionKey {
             &Sha256::digest(server_cert_der)[..],
             &Sha256::digest(csr_der)[..],
         ];
-        self.mac(LABEL_CLIENT, &parts).finalize().into_bytes().to_vec()
+        self.mac(LABEL_CLIENT, &parts)
+            .finalize()
+            .into_bytes()
+            .to_vec()
     }
 
     /// Checks the tablet's proof in constant time.
@@ -214,13 +217,21 @@ impl SessionKey {
     }
 
     /// The appliance's proof: over its certificate and the certificates it issued.
-    pub fn server_confirm(&self, server_cert_der: &[u8], cert_der: &[u8], ca_der: &[u8]) -> Vec<u8> {
+    pub fn server_confirm(
+        &self,
+        server_cert_der: &[u8],
+        cert_der: &[u8],
+        ca_der: &[u8],
+    ) -> Vec<u8> {
         let parts = [
             &Sha256::digest(server_cert_der)[..],
             &Sha256::digest(cert_der)[..],
             &Sha256::digest(ca_der)[..],
         ];
-        self.mac(LABEL_SERVER, &parts).finalize().into_bytes().to_vec()
+        self.mac(LABEL_SERVER, &parts)
+            .finalize()
+            .into_bytes()
+            .to_vec()
     }
 
     /// Checks the appliance's proof in constant time.
@@ -254,7 +265,10 @@ mod tests {
         assert_eq!(code("O1IL 0000"), code("0111-0000"));
         assert_eq!(code("k7qm-4xzt").to_string(), "K7QM-4XZT");
         assert_eq!(code("k7qm-4xzt").slot(), "K7QM");
-        assert_eq!(PairingCode::parse("K7QM-4XZ"), Err(ParseCodeError::Length(7)));
+        assert_eq!(
+            PairingCode::parse("K7QM-4XZ"),
+            Err(ParseCodeError::Length(7))
+        );
         assert_eq!(
             PairingCode::parse("K7QM-4XZU"),
             Err(ParseCodeError::Character('U'))

@@ -188,7 +188,9 @@ impl AdminClient {
             }
             let n = self.stream.read(&mut buf).await?;
             if n == 0 {
-                return Err(AdminClientError::Protocol("the daemon closed the connection".into()));
+                return Err(AdminClientError::Protocol(
+                    "the daemon closed the connection".into(),
+                ));
             }
             self.dec.push(&buf[..n]);
         }

@@ -215,7 +215,9 @@ fn internal(e: impl std::error::Error) -> ApiError {
 
 fn lookup_err(e: LookupError) -> ApiError {
     match e {
-        LookupError::NotFound(what) => ApiError::new(ErrorCode::NotFound, format!("{what} not found")),
+        LookupError::NotFound(what) => {
+            ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+        }
         LookupError::Store(e) => internal(e),
     }
 }
@@ -224,9 +226,9 @@ fn lookup_err(e: LookupError) -> ApiError {
 pub fn valid_user_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 fn audit(actor: String, event: &str, detail: String) -> AuditRecord {
@@ -273,10 +275,7 @@ impl Appliance {
         })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> T + Send + 'static,
-    ) -> T {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> T + Send + 'static) -> T {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(v) => v,
@@ -343,7 +342,11 @@ impl Appliance {
     }
 
     /// Runs one request for the conversation's caller.
-    pub async fn handle(&self, conv: &mut Conversation, req: Request) -> Result<Response, ApiError> {
+    pub async fn handle(
+        &self,
+        conv: &mut Conversation,
+        req: Request,
+    ) -> Result<Response, ApiError> {
         authorize(&conv.caller, &req)?;
         let actor = conv.caller.actor();
         match req {
@@ -397,8 +400,14 @@ impl Appliance {
                     ));
                 }
                 let code = self.issue_code(&user);
-                let a = audit(actor, "pair-code", format!("pairing code {}-… for {user}", code.slot()));
-                self.blocking(move |s| s.audit(&a)).await.map_err(internal)?;
+                let a = audit(
+                    actor,
+                    "pair-code",
+                    format!("pairing code {}-… for {user}", code.slot()),
+                );
+                self.blocking(move |s| s.audit(&a))
+                    .await
+                    .map_err(internal)?;
                 Ok(Response::PairCode {
                     code: code.to_string(),
                     expires_in_secs: self.config.code_ttl.as_secs(),
@@ -511,7 +520,9 @@ impl Appliance {
             .blocking(move |s| s.device(&i))
             .await
             .map_err(internal)?
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("device '{id}' not found")))?;
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("device '{id}' not found"))
+            })?;
         if let Caller::Device { device, .. } = caller {
             if !caller.is_admin() && device.user != dev.user {
                 return Err(ApiError::new(
@@ -577,17 +588,22 @@ impl Appliance {
                     CodeRefused::Expired => ErrorCode::CodeExpired,
                     CodeRefused::Used => ErrorCode::CodeUsed,
                 };
-                self.failed(&subjects, conv.caller.actor(), "pair-failed", refused.to_string())
-                    .await;
+                self.failed(
+                    &subjects,
+                    conv.caller.actor(),
+                    "pair-failed",
+                    refused.to_string(),
+                )
+                .await;
                 return Err(ApiError::new(code, refused.to_string()));
             }
         };
         subjects.push(Subject::User(user.clone()));
         self.check_limits(&subjects)?;
         let (state, msg) = PakeState::start_appliance(&code);
-        let key = state.finish(&spake).map_err(|e| {
-            ApiError::new(ErrorCode::InvalidArgument, e.to_string())
-        })?;
+        let key = state
+            .finish(&spake)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
         conv.pake = Some(PendingPake { slot, user, key });
         Ok(Response::PairChallenge { spake: msg })
     }
@@ -603,7 +619,10 @@ impl Appliance {
             unreachable!("authorize lets only unpaired callers pair")
         };
         let pake = conv.pake.take().ok_or_else(|| {
-            ApiError::new(ErrorCode::OutOfOrder, "pair-code-finish without pair-code-start")
+            ApiError::new(
+                ErrorCode::OutOfOrder,
+                "pair-code-finish without pair-code-start",
+            )
         })?;
         let subjects = [Subject::Addr(addr.ip()), Subject::User(pake.user.clone())];
         self.check_limits(&subjects)?;
@@ -618,7 +637,10 @@ impl Appliance {
                 format!("wrong code for slot {} (user {})", pake.slot, pake.user),
             )
             .await;
-            return Err(ApiError::new(ErrorCode::WrongCredentials, "wrong pairing code"));
+            return Err(ApiError::new(
+                ErrorCode::WrongCredentials,
+                "wrong pairing code",
+            ));
         }
         let consumed = lock(&self.codes).consume(&pake.slot, Instant::now());
         if let Err(refused) = consumed {
@@ -657,7 +679,11 @@ impl Appliance {
         let hash = rec.and_then(|r| r.password_hash);
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) => PasswordHash::new(&h)
-                .map(|ph| Argon2::default().verify_password(password.as_bytes(), &ph).is_ok())
+                .map(|ph| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &ph)
+                        .is_ok()
+                })
                 .unwrap_or(false),
             None => {
                 // Spend the same time for unknown users, so timing does not tell who exists.
@@ -867,7 +893,10 @@ mod tests {
         };
         assert_eq!(code(authorize(&alice, &own)), None);
         assert_eq!(code(authorize(&alice, &bobs)), Some(ErrorCode::Forbidden));
-        assert_eq!(code(authorize(&alice, &Request::DeviceList { user: None })), None);
+        assert_eq!(
+            code(authorize(&alice, &Request::DeviceList { user: None })),
+            None
+        );
     }
 
     #[test]

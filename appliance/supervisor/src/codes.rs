@@ -81,7 +81,11 @@ impl PendingCodes {
     }
 
     /// The code and user of a usable slot.
-    pub fn lookup(&mut self, slot: &str, now: Instant) -> Result<(PairingCode, String), CodeRefused> {
+    pub fn lookup(
+        &mut self,
+        slot: &str,
+        now: Instant,
+    ) -> Result<(PairingCode, String), CodeRefused> {
         self.prune(now);
         let s = self.slots.get(slot).ok_or(CodeRefused::Unknown)?;
         if s.used {
@@ -140,7 +144,10 @@ mod tests {
         let c = p.issue("alice", t, seq(&["AAAA-1111"]));
         let late = t + Duration::from_secs(300);
         assert_eq!(p.lookup(c.slot(), late), Err(CodeRefused::Expired));
-        assert_eq!(p.lookup(c.slot(), late + REMEMBER), Err(CodeRefused::Unknown));
+        assert_eq!(
+            p.lookup(c.slot(), late + REMEMBER),
+            Err(CodeRefused::Unknown)
+        );
         assert_eq!(p.lookup("ZZZZ", t), Err(CodeRefused::Unknown));
     }
 

@@ -162,9 +162,7 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }

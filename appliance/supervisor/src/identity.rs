@@ -14,7 +14,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 
 use periphery_protocol::pairing::fingerprint;
 
@@ -181,7 +183,9 @@ impl ApplianceIdentity {
         // signs chain to the stored `ca.crt`.
         let params = CertificateParams::from_ca_cert_der(&CertificateDer::from(ca_der.as_slice()))
             .map_err(cert("CA certificate"))?;
-        let ca_cert = params.self_signed(&ca_key).map_err(cert("CA certificate"))?;
+        let ca_cert = params
+            .self_signed(&ca_key)
+            .map_err(cert("CA certificate"))?;
         Ok(Self {
             fingerprint: fingerprint(&server_der),
             ca_cert,
@@ -226,10 +230,9 @@ impl ApplianceIdentity {
         device_id: &str,
         serial: [u8; 16],
     ) -> Result<IssuedCert, IssueError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            csr_der,
-        ))
-        .map_err(IssueError::BadRequest)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(IssueError::BadRequest)?;
         let mut serial = serial;
         serial[0] &= 0x7f; // positive
         serial[0] |= 0x01; // never zero-length after DER minimisation
@@ -293,7 +296,10 @@ mod tests {
         let key = dir.path().join("identity/server.key");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let e = ApplianceIdentity::load_or_create(dir.path(), "box").unwrap_err();
-        assert!(matches!(e, IdentityError::Permissions { mode: 0o644, .. }), "{e}");
+        assert!(
+            matches!(e, IdentityError::Permissions { mode: 0o644, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -301,7 +307,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = ApplianceIdentity::load_or_create(dir.path(), "box").unwrap();
         let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::default().serialize_request(&key).unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
         let c = id.issue_device_cert(csr.der(), "d1", [0xff; 16]).unwrap();
         assert_eq!(c.serial.len(), 32);
         assert!(c.serial.starts_with("7f"));

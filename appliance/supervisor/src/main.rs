@@ -145,7 +145,13 @@ fn default_name() -> String {
     let clean: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     let clean = clean.trim_matches('-');
@@ -158,7 +164,10 @@ fn default_name() -> String {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -250,7 +259,10 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
     };
     let now = unix_now();
     println!("Periphery appliance {}", s.name);
-    println!("  version       {} (protocol {}-{})", s.version, s.protocol.0, s.protocol.1);
+    println!(
+        "  version       {} (protocol {}-{})",
+        s.version, s.protocol.0, s.protocol.1
+    );
     println!("  uptime        {}", ago(s.uptime_secs, 0));
     println!("  listening     {}", s.listening.join(", "));
     println!("  fingerprint   {}", s.fingerprint);
@@ -337,13 +349,18 @@ async fn user(state_dir: &std::path::Path, cmd: UserCommand) -> anyhow::Result<(
                     u.name,
                     u.role,
                     u.devices,
-                    if u.has_password { "password" } else { "codes only" }
+                    if u.has_password {
+                        "password"
+                    } else {
+                        "codes only"
+                    }
                 );
             }
         }
         UserCommand::Remove { name } => {
             let mut c = AdminClient::connect(state_dir).await?;
-            c.request(Request::UserRemove { name: name.clone() }).await?;
+            c.request(Request::UserRemove { name: name.clone() })
+                .await?;
             println!("removed user {name}; their devices are revoked");
         }
     }
@@ -357,7 +374,9 @@ async fn device(state_dir: &std::path::Path, cmd: DeviceCommand) -> anyhow::Resu
             let Response::PairCode {
                 code,
                 expires_in_secs,
-            } = c.request(Request::PairCodeCreate { user: user.clone() }).await?
+            } = c
+                .request(Request::PairCodeCreate { user: user.clone() })
+                .await?
             else {
                 anyhow::bail!("unexpected answer");
             };

@@ -40,8 +40,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The endpoint needs the allow-list, the appliance needs the bound addresses: build the
     // appliance with the configured address first, then bind.
     let mut app = Appliance::new(config.clone(), store, identity, vec![config.listen])?;
-    let server_config =
-        crate::tls::server_config(&app.identity, app.devices.clone(), provider)?;
+    let server_config = crate::tls::server_config(&app.identity, app.devices.clone(), provider)?;
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let bound = endpoint.local_addr()?;
@@ -53,8 +52,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _mdns = if config.discovery {
         match crate::discovery::announce(&config.name, bound, app.identity.fingerprint()) {
             Ok(d) => {
-                *app.discovery.lock().unwrap_or_else(|p| p.into_inner()) =
-                    format!("announced as {} on {}", config.name, periphery_protocol::SERVICE_TYPE);
+                *app.discovery.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                    "announced as {} on {}",
+                    config.name,
+                    periphery_protocol::SERVICE_TYPE
+                );
                 Some(d)
             }
             Err(e) => {
@@ -111,7 +113,12 @@ async fn first_boot_admin(app: &Appliance) -> anyhow::Result<Option<String>> {
         None => return Ok(None),
     };
     match app
-        .handle(&mut conv, Request::PairCodeCreate { user: admin.clone() })
+        .handle(
+            &mut conv,
+            Request::PairCodeCreate {
+                user: admin.clone(),
+            },
+        )
         .await?
     {
         Response::PairCode { code, .. } => Ok(Some(format!("{code}  (for user {admin})"))),
@@ -132,15 +139,16 @@ fn print_banner(app: &Appliance, bound: std::net::SocketAddr, code: Option<&str>
         format!(":{}", bound.port())
     };
     println!();
-    println!("  Periphery appliance {}  (version {})", c.name, env!("CARGO_PKG_VERSION"));
+    println!(
+        "  Periphery appliance {}  (version {})",
+        c.name,
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  address       {bound}  (QUIC, ALPN periphery/1)");
     println!("  fingerprint   {}", app.identity.fingerprint());
     if let Some(code) = code {
         let plain = code.split_whitespace().next().unwrap_or_default();
-        println!(
-            "  pairing code  {code}, valid {} s",
-            c.code_ttl.as_secs()
-        );
+        println!("  pairing code  {code}, valid {} s", c.code_ttl.as_secs());
         println!("  pair a tablet periphery-tablet pair {host}{port_arg} --code {plain}");
     }
     println!("  state         {}", c.state_dir.display());

@@ -216,13 +216,14 @@ impl Store {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<Result<T, E>, StoreError>,
     ) -> Result<T, E> {
         let tx = self.db.begin_write().map_err(db)?;
-        let out = match f(&tx)? {
-            Ok(v) => v,
-            Err(e) => return Err(e),
-        };
+        let out = f(&tx)??;
         if let Some(a) = audit {
             let mut t = tx.open_table(AUDIT).map_err(db)?;
-            let next = t.last().map_err(db)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let next = t
+                .last()
+                .map_err(db)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
             t.insert(next, encode(a).as_slice()).map_err(db)?;
         }
         tx.commit().map_err(db)?;
@@ -250,7 +251,13 @@ impl Store {
         audit: &AuditRecord,
     ) -> Result<Vec<String>, LookupError> {
         self.write(Some(audit), |tx| {
-            if tx.open_table(USERS).map_err(db)?.remove(name).map_err(db)?.is_none() {
+            if tx
+                .open_table(USERS)
+                .map_err(db)?
+                .remove(name)
+                .map_err(db)?
+                .is_none()
+            {
                 return Ok(Err(LookupError::NotFound(format!("user '{name}'"))));
             }
             let mut devices = tx.open_table(DEVICES).map_err(db)?;
@@ -398,7 +405,10 @@ impl Store {
         let mut out = Vec::new();
         for row in t.iter().map_err(db)?.rev().take(limit) {
             let (k, v) = row.map_err(db)?;
-            out.push((k.value(), decode("audit", &k.value().to_string(), v.value())?));
+            out.push((
+                k.value(),
+                decode("audit", &k.value().to_string(), v.value())?,
+            ));
         }
         out.reverse();
         Ok(out)
@@ -539,7 +549,10 @@ mod tests {
         write_schema_1(&path);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(s.device_by_fingerprint("fp-d1").unwrap().unwrap().user, "alice");
+        assert_eq!(
+            s.device_by_fingerprint("fp-d1").unwrap().unwrap().user,
+            "alice"
+        );
         assert_eq!(s.users().unwrap().len(), 1);
     }
 

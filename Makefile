@@ -1,0 +1,39 @@
+# Periphery: the two commands a new user runs are `make run` and `make test`.
+# Each installs what it needs (scripts/setup.sh) before it builds.
+
+CARGO ?= cargo
+FUZZ_SECONDS ?= 60
+# cargo-fuzz needs nightly features; use the nightly toolchain when it is installed,
+# otherwise let the stable compiler accept them.
+FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
+FUZZ_ENV := $(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1)
+
+.PHONY: run test setup build lint unit e2e fuzz clean
+
+## Build and start the appliance with a paired local tablet; Ctrl-C stops it.
+run: setup build
+	./scripts/run.sh
+
+## Everything the project checks (what CI runs).
+test: setup lint build
+	$(CARGO) test --workspace --all-targets
+	@echo "make test: all checks passed"
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
+fuzz:
+	./scripts/setup.sh fuzz
+	cd fuzz && $(FUZZ_ENV) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run control_stream -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
+	rm -rf .periphery-run

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make run`: start the appliance with embedded defaults, pair a local tablet, list its
+# workstations, and keep the appliance running until Ctrl-C.
+#   PUBLIC=1 make run       listen on 0.0.0.0 (reachable from the LAN)
+#   RUN_DIR=dir make run    where the appliance's and the tablet's state live
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run_dir=${RUN_DIR:-$PWD/.periphery-run}
+state=$run_dir/appliance
+tablet_home=$run_dir/tablet
+periphery=target/debug/periphery
+tablet=target/debug/periphery-tablet
+mkdir -p "$run_dir"
+
+serve_args=(--state-dir "$state" serve)
+[ -n "${PUBLIC:-}" ] && serve_args+=(--public)
+"$periphery" "${serve_args[@]}" &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null; exit 0' INT TERM
+
+# Wait for the daemon to answer on its admin socket (or to die).
+for _ in $(seq 1 300); do
+  "$periphery" --state-dir "$state" status >/dev/null 2>&1 && break
+  kill -0 $daemon 2>/dev/null || { wait $daemon; exit 1; }
+  sleep 0.1
+done
+port=$("$periphery" --state-dir "$state" status | awk '/listening/ {print $2}' | sed 's/.*://')
+
+if ! "$periphery" --state-dir "$state" user list | grep -q '^demo '; then
+  "$periphery" --state-dir "$state" user add demo --no-password
+fi
+if [ ! -f "$tablet_home/appliance.toml" ]; then
+  code=$("$periphery" --state-dir "$state" device pair-code --user demo 2>/dev/null)
+  "$tablet" --home "$tablet_home" pair "127.0.0.1:$port" --code "$code" --name local-tablet
+fi
+echo
+echo "local tablet ($tablet_home):"
+"$tablet" --home "$tablet_home" whoami
+"$tablet" --home "$tablet_home" workstations
+echo
+echo "The appliance is running (state in $state). Try:"
+echo "  $periphery --state-dir $state status"
+echo "  $periphery --state-dir $state device pair-code --user demo"
+echo "Ctrl-C stops it."
+wait $daemon
