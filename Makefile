@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
 FUZZ_ENV := $(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1)
 
-.PHONY: run test setup build lint unit e2e fuzz clean
+.PHONY: run test bench setup build lint fuzz clean
 
 ## Build and start the appliance with a paired local tablet; Ctrl-C stops it.
 run: setup build
@@ -16,7 +16,7 @@ run: setup build
 
 ## Everything the project checks (what CI runs).
 test: setup lint build
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace
 	@echo "make test: all checks passed"
 
 setup:
@@ -28,6 +28,10 @@ build:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks: each prints a ratio against a baseline measured in the same run.
+bench: setup
+	$(CARGO) bench --workspace
 
 ## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
 fuzz:

@@ -91,7 +91,15 @@ fn provider() -> Arc<CryptoProvider> {
 fn finish(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientTlsError> {
     tls.alpn_protocols = vec![periphery_protocol::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // An appliance that does not answer is reported after 10 s, not quinn's default 30 s.
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        10_000,
+    ))));
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(4)));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
 }
 
 /// A configuration for an unpaired tablet: any appliance certificate, recorded in `seen`.

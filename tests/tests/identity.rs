@@ -134,6 +134,25 @@ async fn a_device_of_alice_cannot_act_as_bob() {
         .request(Request::PairCodeCreate { user: "bob".into() })
         .await;
     assert_eq!(api_code(r), ErrorCode::Forbidden);
+
+    // While her session is open, the admin sees it in status.
+    let status = d.ok(&["status"]);
+    for want in [
+        "version       0.1.0 (protocol 1-1)",
+        &format!("fingerprint   {}", d.banner.fingerprint),
+        &format!("listening     {}", d.address()),
+        "users (3)",
+        "devices (2)",
+        "connected tablets (1)",
+    ] {
+        assert!(status.contains(want), "status lacks {want:?}:\n{status}");
+    }
+    let tablet_line = status
+        .lines()
+        .skip_while(|l| !l.starts_with("connected tablets"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(tablet_line.contains("alice"), "{status}");
     s.close().await;
 
     // Bob is untouched.
