@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use periphery_protocol::{
-    decode_payload, encode_frame, hello, ApiError, ClientMessage, CloseCode, FrameDecoder, Request,
-    Response, ServerMessage, Welcome, DEFAULT_MAX_FRAME, SERVER_NAME,
+    encode_frame, hello, ApiError, ClientMessage, CloseCode, MessageDecoder, Request, Response,
+    ServerMessage, Welcome, DEFAULT_MAX_FRAME, SERVER_NAME,
 };
 
 /// TLS alert codes that mean the appliance refused this device's certificate.
@@ -99,7 +99,7 @@ pub struct Session {
     pub conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    dec: FrameDecoder,
+    dec: MessageDecoder<ServerMessage>,
     next_id: u32,
     /// The appliance's welcome.
     pub welcome: Welcome,
@@ -118,7 +118,7 @@ impl Session {
             conn,
             send,
             recv,
-            dec: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            dec: MessageDecoder::new(DEFAULT_MAX_FRAME),
             next_id: 1,
             welcome: Welcome {
                 version: 0,
@@ -159,12 +159,12 @@ impl Session {
     async fn recv(&mut self) -> Result<ServerMessage, SessionError> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            if let Some(f) = self
+            if let Some(m) = self
                 .dec
-                .next_frame()
+                .next_message()
                 .map_err(|e| SessionError::Protocol(e.to_string()))?
             {
-                return decode_payload(&f).map_err(|e| SessionError::Protocol(e.to_string()));
+                return Ok(m);
             }
             match self.recv.read(&mut buf).await {
                 Ok(None) => {

@@ -161,6 +161,52 @@ impl FrameDecoder {
     }
 }
 
+/// Why bytes from a stream did not yield a message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a sequence of frames.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame is not a valid message.
+    #[error(transparent)]
+    Malformed(#[from] MalformedMessage),
+}
+
+/// A [`FrameDecoder`] that yields typed messages: push bytes, pull messages.
+#[derive(Debug)]
+pub struct MessageDecoder<T> {
+    frames: FrameDecoder,
+    _msg: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> MessageDecoder<T> {
+    /// A decoder refusing frames over `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            frames: FrameDecoder::new(max),
+            _msg: std::marker::PhantomData,
+        }
+    }
+
+    /// Appends bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frames.push(bytes);
+    }
+
+    /// The next whole message, `Ok(None)` if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<T>, DecodeError> {
+        match self.frames.next_frame()? {
+            Some(f) => Ok(Some(decode_payload(&f)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Tells the decoder the stream ended; a partial frame is an error.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        self.frames.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,8 @@ pub mod messages;
 pub mod pairing;
 
 pub use frame::{
-    decode_payload, encode_frame, EncodeError, FrameDecoder, FrameError, MalformedMessage,
-    DEFAULT_MAX_FRAME,
+    decode_payload, encode_frame, DecodeError, EncodeError, FrameDecoder, FrameError,
+    MalformedMessage, MessageDecoder, DEFAULT_MAX_FRAME,
 };
 pub use messages::*;
 

@@ -13,8 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::Instrument;
 
 use periphery_protocol::{
-    decode_payload, encode_frame, hello, ApiError, ClientMessage, FrameDecoder, Request, Response,
-    ServerMessage, Welcome, DEFAULT_MAX_FRAME,
+    encode_frame, hello, ApiError, ClientMessage, MessageDecoder, Request, Response, ServerMessage,
+    Welcome, DEFAULT_MAX_FRAME,
 };
 
 use crate::appliance::{Appliance, Caller, Conversation};
@@ -133,7 +133,7 @@ pub enum AdminClientError {
 /// A connection to the daemon's admin socket.
 pub struct AdminClient {
     stream: UnixStream,
-    dec: FrameDecoder,
+    dec: MessageDecoder<ServerMessage>,
     next_id: u32,
     /// The daemon's welcome.
     pub welcome: Welcome,
@@ -148,7 +148,7 @@ impl AdminClient {
             .map_err(|source| AdminClientError::Connect { path, source })?;
         let mut c = Self {
             stream,
-            dec: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            dec: MessageDecoder::new(DEFAULT_MAX_FRAME),
             next_id: 1,
             welcome: Welcome {
                 version: 0,
@@ -179,12 +179,12 @@ impl AdminClient {
     async fn recv(&mut self) -> Result<ServerMessage, AdminClientError> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            if let Some(f) = self
+            if let Some(m) = self
                 .dec
-                .next_frame()
+                .next_message()
                 .map_err(|e| AdminClientError::Protocol(e.to_string()))?
             {
-                return decode_payload(&f).map_err(|e| AdminClientError::Protocol(e.to_string()));
+                return Ok(m);
             }
             let n = self.stream.read(&mut buf).await?;
             if n == 0 {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use periphery_protocol::{
-    decode_payload, encode_frame, negotiate, ClientMessage, CloseCode, FrameDecoder, FrameError,
-    MalformedMessage, ServerMessage, VersionMismatch, Welcome, DEFAULT_MAX_FRAME,
+    encode_frame, negotiate, ClientMessage, CloseCode, DecodeError, FrameError, MalformedMessage,
+    MessageDecoder, ServerMessage, VersionMismatch, Welcome, DEFAULT_MAX_FRAME,
 };
 
 use crate::appliance::{Appliance, Conversation};
@@ -43,6 +43,15 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
 }
 
+impl From<DecodeError> for ControlError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Frame(e) => ControlError::Frame(e),
+            DecodeError::Malformed(e) => ControlError::Malformed(e),
+        }
+    }
+}
+
 impl ControlError {
     /// The close code to end the connection with.
     pub fn close_code(&self) -> CloseCode {
@@ -69,7 +78,7 @@ impl ControlError {
 
 struct Reader<R> {
     inner: R,
-    dec: FrameDecoder,
+    dec: MessageDecoder<ClientMessage>,
     buf: Vec<u8>,
 }
 
@@ -77,8 +86,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next message, or `None` at a clean end of stream.
     async fn next(&mut self) -> Result<Option<ClientMessage>, ControlError> {
         loop {
-            if let Some(frame) = self.dec.next_frame()? {
-                return Ok(Some(decode_payload(&frame)?));
+            if let Some(msg) = self.dec.next_message()? {
+                return Ok(Some(msg));
             }
             let n = self.inner.read(&mut self.buf).await?;
             if n == 0 {
@@ -116,7 +125,7 @@ where
 {
     let mut r = Reader {
         inner: read,
-        dec: FrameDecoder::new(DEFAULT_MAX_FRAME),
+        dec: MessageDecoder::new(DEFAULT_MAX_FRAME),
         buf: vec![0u8; 16 * 1024],
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, r.next()).await {
