@@ -150,3 +150,36 @@ async fn bad_input_closes_only_the_offending_connection() {
     ));
     good.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaired_connection_is_closed_after_its_window_and_paired_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("state"),
+        DaemonOptions {
+            config: Some("[pairing]\nunpaired_window_secs = 1\n".into()),
+            ..Default::default()
+        },
+    );
+    d.ok(&["user", "add", "alice", "--no-password"]);
+    let t = Tablet::new(&dir.path().join("t"));
+    t.pair(&d, &d.pair_code("alice"));
+    let creds = Home::new(t.home.clone()).load().unwrap();
+    let cfg =
+        periphery_tablet::tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der).unwrap();
+    let mut good = Session::connect(d.banner.addr, cfg).await.unwrap();
+
+    // An unpaired peer says hello and then nothing: closed with Timeout after its window.
+    let (code, reason) = close_code_for(&d, &frame(&hello(1, 1)), false).await;
+    assert_eq!(
+        CloseCode::from_u32(code),
+        Some(CloseCode::Timeout),
+        "{reason}"
+    );
+    // The paired session opened before it is still served.
+    assert!(matches!(
+        good.request(Request::Whoami).await.unwrap(),
+        Response::Whoami(_)
+    ));
+    good.close().await;
+}

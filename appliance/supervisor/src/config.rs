@@ -40,6 +40,8 @@ pub struct PairingFile {
     pub max_failures: Option<u32>,
     /// The window, in seconds.
     pub failure_window_secs: Option<u64>,
+    /// Seconds an unpaired connection may stay open.
+    pub unpaired_window_secs: Option<u64>,
 }
 
 /// `[log]` table.
@@ -95,6 +97,8 @@ pub struct Config {
     pub max_failures: u32,
     /// Failure window.
     pub failure_window: Duration,
+    /// How long an unpaired connection may stay open.
+    pub unpaired_window: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -218,6 +222,13 @@ impl Config {
                 format!("{window_secs} is outside 1..=86400"),
             ));
         }
+        let unpaired_secs = file.pairing.unpaired_window_secs.unwrap_or(120);
+        if !(1..=3600).contains(&unpaired_secs) {
+            return Err(invalid(
+                "pairing.unpaired_window_secs",
+                format!("{unpaired_secs} is outside 1..=3600"),
+            ));
+        }
         let log_format = match over
             .log_format
             .or(file.log.format)
@@ -251,6 +262,7 @@ impl Config {
             code_ttl: Duration::from_secs(code_ttl_secs),
             max_failures,
             failure_window: Duration::from_secs(window_secs),
+            unpaired_window: Duration::from_secs(unpaired_secs),
             log_format,
             log_level,
         })

@@ -35,8 +35,8 @@ pub enum ControlError {
     /// No common version.
     #[error("version negotiation failed")]
     Version(#[from] VersionMismatch),
-    /// No Hello in time.
-    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    /// No Hello in time, or an unpaired connection outstayed its window.
+    #[error("timed out")]
     Timeout,
     /// The transport failed.
     #[error("stream failed")]

@@ -64,6 +64,7 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
     async move {
         tracing::debug!("connected");
         let id = app.register(remote, &caller);
+        let unpaired = matches!(caller, Caller::Unpaired { .. });
         let mut conv = Conversation::new(caller);
         let outcome = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
             Err(_) => Err((CloseCode::Timeout, "no control stream".to_owned())),
@@ -71,9 +72,19 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
                 tracing::debug!(error = %e, "closed before opening a stream");
                 Ok(())
             }
-            Ok(Ok((send, recv))) => control::serve(&app, &mut conv, recv, send)
-                .await
-                .map_err(|e| (e.close_code(), e.reason())),
+            Ok(Ok((send, recv))) => {
+                let serve = control::serve(&app, &mut conv, recv, send);
+                let served = if unpaired {
+                    // Long enough to type a code or a password, short enough that unpaired
+                    // peers cannot hoard connections.
+                    tokio::time::timeout(app.config.unpaired_window, serve)
+                        .await
+                        .unwrap_or(Err(control::ControlError::Timeout))
+                } else {
+                    serve.await
+                };
+                served.map_err(|e| (e.close_code(), e.reason()))
+            }
         };
         match outcome {
             Ok(()) => {
