@@ -3,10 +3,18 @@
 # Debian packages with apt-get; cargo tools with `cargo install --locked`.
 set -euo pipefail
 
-want_debs=(build-essential pkg-config iproute2 ca-certificates)
+# Debian packages the build and the tests need.
+want_debs=(build-essential pkg-config iproute2 ca-certificates
+  xvfb xterm openbox x11-utils x11-xserver-utils xfonts-base
+  qemu-system-x86 busybox-static linux-image-amd64)
+# Where a command may come from a backport under another package name, the command decides.
+declare -A by_command=([qemu-img]=qemu-utils)
 missing=()
 for p in "${want_debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+for c in "${!by_command[@]}"; do
+  command -v "$c" >/dev/null 2>&1 || missing+=("${by_command[$c]}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
