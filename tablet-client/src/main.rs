@@ -60,6 +60,16 @@ enum Command {
     Whoami,
     /// List this user's workstations.
     Workstations,
+    /// Start one of this user's workstations.
+    Start {
+        /// Workstation name.
+        name: String,
+    },
+    /// Stop one of this user's workstations.
+    Stop {
+        /// Workstation name.
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -197,6 +207,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             for w in list {
                 println!("{:<20} {:<8} {}", w.name, w.backend, w.state);
+            }
+            s.close().await;
+        }
+        Command::Start { name } => {
+            let mut s = connect(&home).await?;
+            let r = s.request(Request::WorkstationStart { ws: name }).await?;
+            if let Response::Workstation(w) = r {
+                println!("{} {}", w.name, w.state);
+            }
+            s.close().await;
+        }
+        Command::Stop { name } => {
+            let mut s = connect(&home).await?;
+            let r = s.request(Request::WorkstationStop { ws: name }).await?;
+            if let Response::Workstation(w) = r {
+                println!("{} {}", w.name, w.state);
             }
             s.close().await;
         }

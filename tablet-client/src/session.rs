@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use periphery_protocol::{
     encode_frame, hello, ApiError, ClientMessage, CloseCode, MessageDecoder, Request, Response,
-    ServerMessage, Welcome, DEFAULT_MAX_FRAME, SERVER_NAME,
+    ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME, SERVER_NAME,
 };
 
 /// TLS alert codes that mean the appliance refused this device's certificate.
@@ -118,7 +118,7 @@ impl Session {
             conn,
             send,
             recv,
-            dec: MessageDecoder::new(DEFAULT_MAX_FRAME),
+            dec: MessageDecoder::new(MAX_SERVER_FRAME),
             next_id: 1,
             welcome: Welcome {
                 version: 0,

@@ -12,8 +12,12 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Size of the length prefix in bytes.
 pub const HEADER_LEN: usize = 4;
 
-/// Default maximum payload size of one frame: 1 MiB.
+/// Default maximum payload size of one frame: 1 MiB. The appliance accepts no larger frame
+/// from a client.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Maximum frame a client accepts from the appliance: 64 MiB (screenshots are large).
+pub const MAX_SERVER_FRAME: usize = 64 << 20;
 
 /// Why a byte stream could not be split into frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,7 +20,7 @@ pub mod pairing;
 
 pub use frame::{
     decode_payload, encode_frame, DecodeError, EncodeError, FrameDecoder, FrameError,
-    MalformedMessage, MessageDecoder, DEFAULT_MAX_FRAME,
+    MalformedMessage, MessageDecoder, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME,
 };
 pub use messages::*;
 

@@ -199,6 +199,66 @@ pub enum Request {
         /// At most this many entries, newest last.
         limit: u32,
     },
+    /// Create a workstation (admin for anyone; a device for its own user).
+    /// Answer: [`Response::Workstation`].
+    WorkstationCreate {
+        /// Owner; `None` means the calling device's user.
+        user: Option<String>,
+        /// Name, unique per user.
+        name: String,
+        /// `xvfb` or `qemu`.
+        backend: String,
+        /// Monitor sizes like `1920x1080`, primary first.
+        monitors: Vec<String>,
+        /// For qemu: the base disk image on the appliance.
+        image: Option<String>,
+        /// For qemu: memory like `4G`.
+        memory: Option<String>,
+        /// For qemu: CPUs.
+        cpus: Option<u32>,
+    },
+    /// Start a workstation (owner or admin). Answer: [`Response::Workstation`].
+    WorkstationStart {
+        /// `name` (the caller's) or `user/name`.
+        ws: String,
+    },
+    /// Stop a workstation (owner or admin). Answer: [`Response::Workstation`].
+    WorkstationStop {
+        /// `name` or `user/name`.
+        ws: String,
+    },
+    /// Delete a stopped or running workstation and its state (owner or admin).
+    WorkstationDelete {
+        /// `name` or `user/name`.
+        ws: String,
+    },
+    /// One workstation in detail (owner or admin). Answer: [`Response::Workstation`].
+    WorkstationShow {
+        /// `name` or `user/name`.
+        ws: String,
+    },
+    /// Add a monitor to a running workstation. Answer: [`Response::Workstation`].
+    MonitorAdd {
+        /// `name` or `user/name`.
+        ws: String,
+        /// Size like `2732x2048`.
+        size: String,
+    },
+    /// Remove a monitor from a running workstation; its windows move to monitor 0.
+    /// Answer: [`Response::Workstation`].
+    MonitorRemove {
+        /// `name` or `user/name`.
+        ws: String,
+        /// Monitor id.
+        monitor: u32,
+    },
+    /// What a monitor shows now, as PNG. Answer: [`Response::Png`].
+    Screenshot {
+        /// `name` or `user/name`.
+        ws: String,
+        /// Monitor id.
+        monitor: u32,
+    },
 }
 
 impl Request {
@@ -218,6 +278,14 @@ impl Request {
             Request::Whoami => "whoami",
             Request::WorkstationList => "workstation-list",
             Request::Audit { .. } => "audit",
+            Request::WorkstationCreate { .. } => "ws-create",
+            Request::WorkstationStart { .. } => "ws-start",
+            Request::WorkstationStop { .. } => "ws-stop",
+            Request::WorkstationDelete { .. } => "ws-delete",
+            Request::WorkstationShow { .. } => "ws-show",
+            Request::MonitorAdd { .. } => "monitor-add",
+            Request::MonitorRemove { .. } => "monitor-remove",
+            Request::Screenshot { .. } => "screenshot",
         }
     }
 }
@@ -253,6 +321,10 @@ pub enum Response {
     Workstations(Vec<WorkstationInfo>),
     /// Audit log entries.
     Audit(Vec<AuditEntry>),
+    /// One workstation.
+    Workstation(WorkstationInfo),
+    /// A PNG image.
+    Png(Vec<u8>),
 }
 
 /// What a tablet receives when it is paired.
@@ -306,8 +378,7 @@ pub struct DeviceInfo {
     pub connected: bool,
 }
 
-/// A workstation, as listed. Workstations arrive with the workstation issue; the list is
-/// empty until then.
+/// A workstation, as listed and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkstationInfo {
     /// Name, unique per user.
@@ -316,8 +387,35 @@ pub struct WorkstationInfo {
     pub user: String,
     /// Backend (`xvfb`, `qemu`).
     pub backend: String,
-    /// State (`stopped`, `running`, ...).
+    /// State: `stopped`, `starting`, `running`, `restarting`, `failed`.
     pub state: String,
+    /// Why it is in that state, when it is not the obvious one (a crash, a failed start).
+    pub reason: Option<String>,
+    /// Monitors: live geometry when running, the configured sizes otherwise.
+    pub monitors: Vec<MonitorInfo>,
+    /// Process ids of its main processes, with their role.
+    pub pids: Vec<(String, u32)>,
+    /// Resident memory of all its processes, bytes (when running).
+    pub memory_bytes: Option<u64>,
+    /// Whether resource limits are enforced, and if not why.
+    pub limits: String,
+    /// Backend details (display, acceleration, image).
+    pub detail: String,
+}
+
+/// A monitor of a workstation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    /// Stable id; 0 is the primary.
+    pub id: u32,
+    /// Left edge in the framebuffer.
+    pub x: i32,
+    /// Top edge.
+    pub y: i32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
 }
 
 /// One audit log entry.

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use periphery_protocol::{
     encode_frame, hello, ApiError, ClientMessage, MessageDecoder, Request, Response, ServerMessage,
-    Welcome, DEFAULT_MAX_FRAME,
+    Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME,
 };
 
 use crate::appliance::{Appliance, Caller, Conversation};
@@ -148,7 +148,7 @@ impl AdminClient {
             .map_err(|source| AdminClientError::Connect { path, source })?;
         let mut c = Self {
             stream,
-            dec: MessageDecoder::new(DEFAULT_MAX_FRAME),
+            dec: MessageDecoder::new(MAX_SERVER_FRAME),
             next_id: 1,
             welcome: Welcome {
                 version: 0,

@@ -19,7 +19,7 @@ use rand::RngCore;
 use periphery_protocol::pairing::{PairingCode, PakeState, SessionKey};
 use periphery_protocol::{
     ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, PairedDevice, Request,
-    Response, Role, StatusReport, UserInfo,
+    Response, Role, StatusReport, UserInfo, WorkstationInfo,
 };
 
 use crate::codes::{CodeRefused, PendingCodes};
@@ -27,9 +27,13 @@ use crate::config::Config;
 use crate::identity::ApplianceIdentity;
 use crate::limits::{AttemptLimiter, Subject};
 use crate::store::{
-    AddUserError, AuditRecord, DeviceRecord, LookupError, Store, StoreError, UserRecord,
+    AddUserError, AddWorkstationError, AuditRecord, DeviceRecord, LookupError, Store, StoreError,
+    UserRecord, WorkstationRecord,
 };
 use crate::tls::{DeviceAllowList, DeviceStanding};
+use crate::workstations::{WorkstationOpError, Workstations};
+use periphery_workstation::spec::SpecError;
+use periphery_workstation::{BackendKind, MonitorSize, WorkstationSpec};
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -124,7 +128,17 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             (Caller::Device { device, .. }, Some(u)) if *u != device.user => admin_only(),
             _ => paired(),
         },
-        Request::DeviceRevoke { .. } | Request::Whoami | Request::WorkstationList => paired(),
+        Request::DeviceRevoke { .. }
+        | Request::Whoami
+        | Request::WorkstationList
+        | Request::WorkstationCreate { .. }
+        | Request::WorkstationStart { .. }
+        | Request::WorkstationStop { .. }
+        | Request::WorkstationDelete { .. }
+        | Request::WorkstationShow { .. }
+        | Request::MonitorAdd { .. }
+        | Request::MonitorRemove { .. }
+        | Request::Screenshot { .. } => paired(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. } => match caller {
@@ -187,6 +201,8 @@ pub struct Appliance {
     pub listening: Vec<SocketAddr>,
     /// Whether discovery runs, or why not.
     pub discovery: Mutex<String>,
+    /// Live workstations.
+    pub workstations: Arc<Workstations>,
 }
 
 /// Unix seconds now.
@@ -222,6 +238,13 @@ fn lookup_err(e: LookupError) -> ApiError {
     }
 }
 
+fn ws_op_err(e: WorkstationOpError) -> ApiError {
+    match e {
+        WorkstationOpError::NotRunning(_) => ApiError::new(ErrorCode::OutOfOrder, e.to_string()),
+        WorkstationOpError::Backend(_) => ApiError::new(ErrorCode::InvalidArgument, e.to_string()),
+    }
+}
+
 /// Checks a user name: 1-32 of `a-z 0-9 . _ -`, starting with a letter.
 pub fn valid_user_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -247,6 +270,7 @@ impl Appliance {
         store: Arc<Store>,
         identity: ApplianceIdentity,
         listening: Vec<SocketAddr>,
+        workstations: Arc<Workstations>,
     ) -> Result<Self, StoreError> {
         let devices = Arc::new(DeviceAllowList::default());
         for d in store.devices()? {
@@ -272,6 +296,7 @@ impl Appliance {
             started: Instant::now(),
             listening,
             discovery: Mutex::new("starting".into()),
+            workstations,
         })
     }
 
@@ -433,9 +458,122 @@ impl Appliance {
                 .identity()
                 .map(Response::Whoami)
                 .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "not paired")),
-            // Workstations arrive with the workstation issue; until then every list is empty,
-            // and it is filtered to the caller's own user already.
-            Request::WorkstationList => Ok(Response::Workstations(Vec::new())),
+            Request::WorkstationList => {
+                let own = match &conv.caller {
+                    Caller::Device { device, role } if *role != Role::Admin => {
+                        Some(device.user.clone())
+                    }
+                    _ => None,
+                };
+                let all = self
+                    .blocking(|s| s.workstations())
+                    .await
+                    .map_err(internal)?;
+                let mut list: Vec<WorkstationInfo> = all
+                    .iter()
+                    .filter(|w| own.as_ref().is_none_or(|u| *u == w.user))
+                    .map(|w| self.workstations.info(w))
+                    .collect();
+                list.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
+                Ok(Response::Workstations(list))
+            }
+            Request::WorkstationCreate {
+                user,
+                name,
+                backend,
+                monitors,
+                image,
+                memory,
+                cpus,
+            } => {
+                let user = match (&conv.caller, user) {
+                    (Caller::Device { device, role }, u) if *role != Role::Admin => {
+                        if u.as_ref().is_some_and(|u| *u != device.user) {
+                            return Err(ApiError::new(
+                                ErrorCode::Forbidden,
+                                "you can only create workstations for yourself",
+                            ));
+                        }
+                        device.user.clone()
+                    }
+                    (Caller::Device { device, .. }, None) => device.user.clone(),
+                    (_, Some(u)) => u,
+                    (_, None) => {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidArgument,
+                            "say whose workstation it is (--user)",
+                        ))
+                    }
+                };
+                let spec = self.workstation_spec(&backend, &monitors, image, memory, cpus)?;
+                self.ws_create(actor, user, name, spec).await
+            }
+            Request::WorkstationStart { ws } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                let rec = self.set_desired(&rec, true, actor).await?;
+                if let Err(e) = self.workstations.start(&rec).await {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("workstation {} did not start: {e}", rec.name),
+                    ));
+                }
+                Ok(Response::Workstation(self.workstations.info(&rec)))
+            }
+            Request::WorkstationStop { ws } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                let rec = self.set_desired(&rec, false, actor).await?;
+                self.workstations.stop(&rec.id).await;
+                Ok(Response::Workstation(self.workstations.info(&rec)))
+            }
+            Request::WorkstationDelete { ws } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                self.workstations.stop(&rec.id).await;
+                let a = audit(
+                    actor,
+                    "ws-delete",
+                    format!("deleted workstation {}/{}", rec.user, rec.name),
+                );
+                let id = rec.id.clone();
+                self.blocking(move |s| s.delete_workstation(&id, &a))
+                    .await
+                    .map_err(lookup_err)?;
+                let home = self.workstations.home(&rec);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(home)).await;
+                tracing::info!(ws = %rec.id, user = %rec.user, name = %rec.name, "workstation deleted");
+                Ok(Response::Done)
+            }
+            Request::WorkstationShow { ws } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                Ok(Response::Workstation(self.workstations.info(&rec)))
+            }
+            Request::MonitorAdd { ws, size } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                let size: MonitorSize = size.parse().map_err(|e: SpecError| {
+                    ApiError::new(ErrorCode::InvalidArgument, e.to_string())
+                })?;
+                self.workstations
+                    .monitor_add(&rec, size)
+                    .await
+                    .map_err(ws_op_err)?;
+                Ok(Response::Workstation(self.workstations.info(&rec)))
+            }
+            Request::MonitorRemove { ws, monitor } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                self.workstations
+                    .monitor_remove(&rec, monitor)
+                    .await
+                    .map_err(ws_op_err)?;
+                Ok(Response::Workstation(self.workstations.info(&rec)))
+            }
+            Request::Screenshot { ws, monitor } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                let png = self
+                    .workstations
+                    .screenshot(&rec, monitor)
+                    .await
+                    .map_err(ws_op_err)?;
+                Ok(Response::Png(png))
+            }
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
@@ -454,6 +592,179 @@ impl Appliance {
                 ))
             }
         }
+    }
+
+    fn workstation_spec(
+        &self,
+        backend: &str,
+        monitors: &[String],
+        image: Option<String>,
+        memory: Option<String>,
+        cpus: Option<u32>,
+    ) -> Result<WorkstationSpec, ApiError> {
+        let bad = |e: SpecError| ApiError::new(ErrorCode::InvalidArgument, e.to_string());
+        let backend: BackendKind = backend.parse().map_err(bad)?;
+        let monitors = if monitors.is_empty() {
+            vec![MonitorSize {
+                width: 1920,
+                height: 1080,
+            }]
+        } else {
+            monitors
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<Vec<MonitorSize>, _>>()
+                .map_err(bad)?
+        };
+        let memory_mib = match memory {
+            Some(m) => periphery_workstation::spec::parse_memory_mib(&m).map_err(bad)?,
+            None => 2048,
+        };
+        let image = match image {
+            Some(path) => {
+                let p = std::path::Path::new(&path);
+                if !p.is_file() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("base image {path} not found on the appliance"),
+                    ));
+                }
+                Some(
+                    p.canonicalize()
+                        .map_err(|e| {
+                            ApiError::new(
+                                ErrorCode::InvalidArgument,
+                                format!("base image {path}: {e}"),
+                            )
+                        })?
+                        .display()
+                        .to_string(),
+                )
+            }
+            None => None,
+        };
+        let spec = WorkstationSpec {
+            backend,
+            monitors,
+            image,
+            memory_mib,
+            cpus: cpus.unwrap_or(2),
+        };
+        spec.validate(self.workstations.limits()).map_err(bad)?;
+        Ok(spec)
+    }
+
+    async fn ws_create(
+        &self,
+        actor: String,
+        user: String,
+        name: String,
+        spec: WorkstationSpec,
+    ) -> Result<Response, ApiError> {
+        if !valid_user_name(&name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("'{name}' is not a valid workstation name: 1-32 of a-z 0-9 . _ -, starting with a letter"),
+            ));
+        }
+        let mut raw = [0u8; 4];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let rec = WorkstationRecord {
+            id: format!("w-{}", hex::encode(raw)),
+            user: user.clone(),
+            name: name.clone(),
+            spec,
+            desired_running: false,
+            uid: 0,
+            created_at: unix_now(),
+            last_error: None,
+        };
+        let a = audit(
+            actor,
+            "ws-create",
+            format!("created {} workstation {user}/{name}", rec.spec.backend),
+        );
+        let rec = match self.blocking(move |s| s.add_workstation(rec, &a)).await {
+            Ok(r) => r,
+            Err(AddWorkstationError::Exists(w)) => {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("workstation {w} already exists"),
+                ))
+            }
+            Err(AddWorkstationError::NoUser(u)) => {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("user '{u}' not found"),
+                ))
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        tracing::info!(ws = %rec.id, %user, %name, "workstation created");
+        Ok(Response::Workstation(self.workstations.info(&rec)))
+    }
+
+    /// Finds the workstation `ws` (`name` or `user/name`) as `caller` may see it.
+    async fn resolve_ws(&self, caller: &Caller, ws: &str) -> Result<WorkstationRecord, ApiError> {
+        let (user, name) = match ws.split_once('/') {
+            Some((u, n)) => (Some(u.to_owned()), n.to_owned()),
+            None => (None, ws.to_owned()),
+        };
+        let user = match caller {
+            Caller::Device { device, role } if *role != Role::Admin => {
+                if user.as_ref().is_some_and(|u| *u != device.user) {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "you can only use your own workstations",
+                    ));
+                }
+                Some(device.user.clone())
+            }
+            _ => user,
+        };
+        let all = self
+            .blocking(|s| s.workstations())
+            .await
+            .map_err(internal)?;
+        let mut found: Vec<WorkstationRecord> = all
+            .into_iter()
+            .filter(|w| w.name == name && user.as_ref().is_none_or(|u| *u == w.user))
+            .collect();
+        match found.len() {
+            0 => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no workstation '{ws}'"),
+            )),
+            1 => Ok(found.remove(0)),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "'{name}' is ambiguous: {}; say which as user/name",
+                    found
+                        .iter()
+                        .map(|w| format!("{}/{}", w.user, w.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    async fn set_desired(
+        &self,
+        rec: &WorkstationRecord,
+        running: bool,
+        actor: String,
+    ) -> Result<WorkstationRecord, ApiError> {
+        let a = audit(
+            actor,
+            if running { "ws-start" } else { "ws-stop" },
+            format!("{}/{}", rec.user, rec.name),
+        );
+        let id = rec.id.clone();
+        self.blocking(move |s| s.update_workstation(&id, Some(&a), |w| w.desired_running = running))
+            .await
+            .map_err(lookup_err)
     }
 
     async fn user_add(

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::workstations::WorkstationSettings;
+
 /// The keys a config file may hold. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +30,21 @@ pub struct FileConfig {
     /// Logging settings.
     #[serde(default)]
     pub log: LogFile,
+    /// Workstation settings.
+    #[serde(default)]
+    pub workstations: WorkstationsFile,
+}
+
+/// `[workstations]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkstationsFile {
+    /// Window manager command of xvfb workstations (`[]` for none).
+    pub window_manager: Option<Vec<String>>,
+    /// Session command of xvfb workstations.
+    pub session: Option<Vec<String>>,
+    /// At most this many monitors per workstation.
+    pub max_monitors: Option<usize>,
 }
 
 /// `[pairing]` table.
@@ -103,6 +120,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// How workstations run.
+    pub workstations: WorkstationSettings,
 }
 
 /// A configuration value is wrong; names the key.
@@ -254,7 +273,24 @@ impl Config {
                 format!("'{log_level}' is not a log filter such as 'info' or 'periphery=debug'"),
             ));
         }
+        let mut workstations = WorkstationSettings::default();
+        if let Some(wm) = file.workstations.window_manager {
+            workstations.window_manager = wm;
+        }
+        if let Some(session) = file.workstations.session {
+            workstations.session = session;
+        }
+        if let Some(n) = file.workstations.max_monitors {
+            if !(1..=16).contains(&n) {
+                return Err(invalid(
+                    "workstations.max_monitors",
+                    format!("{n} is outside 1..=16"),
+                ));
+            }
+            workstations.limits.max_monitors = n;
+        }
         Ok(Config {
+            workstations,
             state_dir,
             name,
             listen,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use periphery_protocol::{
     encode_frame, negotiate, ClientMessage, CloseCode, DecodeError, FrameError, MalformedMessage,
-    MessageDecoder, ServerMessage, VersionMismatch, Welcome, DEFAULT_MAX_FRAME,
+    MessageDecoder, ServerMessage, VersionMismatch, Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME,
 };
 
 use crate::appliance::{Appliance, Conversation};
@@ -100,7 +100,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &ServerMessage) -> Result<(), ControlError> {
-    let bytes = match encode_frame(msg, DEFAULT_MAX_FRAME) {
+    let bytes = match encode_frame(msg, MAX_SERVER_FRAME) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "response too large to send");

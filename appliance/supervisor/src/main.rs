@@ -15,6 +15,7 @@ mod quic;
 mod serve;
 mod store;
 mod tls;
+mod workstations;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage paired devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Manage workstations.
+    #[command(subcommand)]
+    Ws(WsCommand),
     /// Show the audit log.
     Audit {
         /// Show at most this many entries.
@@ -127,6 +131,87 @@ enum DeviceCommand {
     Revoke {
         /// Device id (see `device list`).
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WsCommand {
+    /// Create a workstation.
+    Create {
+        /// Owner.
+        #[arg(long)]
+        user: String,
+        /// Name, unique per user.
+        #[arg(long)]
+        name: String,
+        /// xvfb or qemu.
+        #[arg(long, default_value = "xvfb")]
+        backend: String,
+        /// Monitor sizes, primary first: 1920x1080[,2732x2048…].
+        #[arg(long, value_delimiter = ',', default_value = "1920x1080")]
+        monitors: Vec<String>,
+        /// qemu: the base disk image (never modified; the VM writes to an overlay).
+        #[arg(long)]
+        image: Option<String>,
+        /// qemu: memory, e.g. 4G.
+        #[arg(long)]
+        memory: Option<String>,
+        /// qemu: CPUs.
+        #[arg(long)]
+        cpus: Option<u32>,
+    },
+    /// List workstations.
+    List,
+    /// Start a workstation (`name` or `user/name`).
+    Start {
+        /// The workstation.
+        ws: String,
+    },
+    /// Stop a workstation.
+    Stop {
+        /// The workstation.
+        ws: String,
+    },
+    /// Delete a workstation and its home directory.
+    Delete {
+        /// The workstation.
+        ws: String,
+    },
+    /// Show state, monitors, processes and resource use.
+    Show {
+        /// The workstation.
+        ws: String,
+    },
+    /// Add or remove monitors of a running workstation.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
+    /// Save what a monitor shows as PNG.
+    Screenshot {
+        /// The workstation.
+        ws: String,
+        /// Monitor id.
+        #[arg(long, default_value_t = 0)]
+        monitor: u32,
+        /// Output file.
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MonitorCommand {
+    /// Add a monitor: `ws monitor add design 2732x2048`.
+    Add {
+        /// The workstation.
+        ws: String,
+        /// Size.
+        size: String,
+    },
+    /// Remove a monitor; its windows move to monitor 0.
+    Remove {
+        /// The workstation.
+        ws: String,
+        /// Monitor id.
+        monitor: u32,
     },
 }
 
@@ -210,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status(&state_dir).await,
         Command::User(c) => user(&state_dir, c).await,
         Command::Device(c) => device(&state_dir, c).await,
+        Command::Ws(c) => ws(&state_dir, c).await,
         Command::Audit { limit } => {
             let mut c = AdminClient::connect(&state_dir).await?;
             let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {
@@ -410,6 +496,112 @@ async fn device(state_dir: &std::path::Path, cmd: DeviceCommand) -> anyhow::Resu
         DeviceCommand::Revoke { id } => {
             c.request(Request::DeviceRevoke { id: id.clone() }).await?;
             println!("revoked {id}: it is refused from now on");
+        }
+    }
+    Ok(())
+}
+
+fn print_workstation(w: &periphery_protocol::WorkstationInfo) {
+    println!("{}/{}  {}  {}", w.user, w.name, w.backend, w.state);
+    if let Some(r) = &w.reason {
+        println!("  reason    {r}");
+    }
+    for m in &w.monitors {
+        println!(
+            "  monitor {}  {}x{}+{}+{}",
+            m.id, m.width, m.height, m.x, m.y
+        );
+    }
+    if !w.pids.is_empty() {
+        let pids: Vec<String> = w.pids.iter().map(|(r, p)| format!("{r} {p}")).collect();
+        println!("  pids      {}", pids.join(", "));
+    }
+    if let Some(b) = w.memory_bytes {
+        println!(
+            "  memory    {:.1} MiB resident",
+            b as f64 / (1024.0 * 1024.0)
+        );
+    }
+    println!("  detail    {}", w.detail);
+    println!("  limits    {}", w.limits);
+}
+
+async fn ws(state_dir: &std::path::Path, cmd: WsCommand) -> anyhow::Result<()> {
+    let mut c = AdminClient::connect(state_dir).await?;
+    let show = |r: Response| -> anyhow::Result<()> {
+        match r {
+            Response::Workstation(w) => print_workstation(&w),
+            Response::Done => {}
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+        Ok(())
+    };
+    match cmd {
+        WsCommand::Create {
+            user,
+            name,
+            backend,
+            monitors,
+            image,
+            memory,
+            cpus,
+        } => show(
+            c.request(Request::WorkstationCreate {
+                user: Some(user),
+                name,
+                backend,
+                monitors,
+                image,
+                memory,
+                cpus,
+            })
+            .await?,
+        )?,
+        WsCommand::List => {
+            let Response::Workstations(list) = c.request(Request::WorkstationList).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            for w in list {
+                let mons: Vec<String> = w
+                    .monitors
+                    .iter()
+                    .map(|m| format!("{}x{}", m.width, m.height))
+                    .collect();
+                println!(
+                    "{:<24} {:<6} {:<11} {}{}",
+                    format!("{}/{}", w.user, w.name),
+                    w.backend,
+                    w.state,
+                    mons.join(","),
+                    w.reason.map(|r| format!("  ({r})")).unwrap_or_default()
+                );
+            }
+        }
+        WsCommand::Start { ws } => show(c.request(Request::WorkstationStart { ws }).await?)?,
+        WsCommand::Stop { ws } => show(c.request(Request::WorkstationStop { ws }).await?)?,
+        WsCommand::Delete { ws } => {
+            c.request(Request::WorkstationDelete { ws: ws.clone() })
+                .await?;
+            println!("deleted {ws}");
+        }
+        WsCommand::Show { ws } => show(c.request(Request::WorkstationShow { ws }).await?)?,
+        WsCommand::Monitor(MonitorCommand::Add { ws, size }) => {
+            show(c.request(Request::MonitorAdd { ws, size }).await?)?
+        }
+        WsCommand::Monitor(MonitorCommand::Remove { ws, monitor }) => {
+            show(c.request(Request::MonitorRemove { ws, monitor }).await?)?
+        }
+        WsCommand::Screenshot { ws, monitor, out } => {
+            let Response::Png(png) = c.request(Request::Screenshot { ws, monitor }).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            std::fs::write(&out, &png)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "saved monitor {monitor} to {} ({} bytes)",
+                out.display(),
+                png.len()
+            );
         }
     }
     Ok(())

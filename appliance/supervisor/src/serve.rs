@@ -16,10 +16,11 @@ use crate::appliance::{Appliance, Caller, Conversation};
 use crate::config::Config;
 use crate::identity::ApplianceIdentity;
 use crate::store::Store;
+use crate::workstations::Workstations;
 
 /// Runs the daemon until a signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let dir = &config.state_dir;
+    let dir = &config.state_dir.clone();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -39,7 +40,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let admin_listener = admin::bind(dir).await?;
     // The endpoint needs the allow-list, the appliance needs the bound addresses: build the
     // appliance with the configured address first, then bind.
-    let mut app = Appliance::new(config.clone(), store, identity, vec![config.listen])?;
+    // Workstation homes live below the state directory and belong to their own uids, which
+    // must be able to traverse it (0711: traverse, not list). Private files stay 0600/0700.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("cannot set permissions of {}", dir.display()))?;
+    std::fs::set_permissions(
+        dir.join("state.redb"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .context("cannot make the state database private")?;
+    // Processes of this appliance's workstations carry this prefix in their marker.
+    let instance = identity.fingerprint().trim_start_matches("sha256:")[..16].to_owned();
+    let workstations = Arc::new(Workstations::new(
+        store.clone(),
+        dir.clone(),
+        instance,
+        config.workstations.clone(),
+    ));
+    let mut app = Appliance::new(
+        config.clone(),
+        store,
+        identity,
+        vec![config.listen],
+        workstations.clone(),
+    )?;
     let server_config = crate::tls::server_config(&app.identity, app.devices.clone(), provider)?;
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
@@ -73,6 +97,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     print_banner(&app, bound, first_boot_code.as_deref());
     tracing::info!(name = %config.name, listen = %bound, fingerprint = %app.identity.fingerprint(), "appliance ready");
 
+    workstations.reconcile().await;
+    let supervise = tokio::spawn(workstations.clone().supervise());
+
     let (tx, rx) = tokio::sync::watch::channel(false);
     let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));
     let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx));
@@ -86,6 +113,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tx.send(true);
     let _ = quic.await;
     let _ = admin_task.await;
+    supervise.abort();
+    workstations.stop_all().await;
     Ok(())
 }
 

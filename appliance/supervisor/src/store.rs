@@ -5,6 +5,7 @@
 //! - `devices`: id -> [`DeviceRecord`]
 //! - `device_by_fingerprint`: certificate fingerprint -> device id (since schema 2)
 //! - `audit`: sequence -> [`AuditRecord`]
+//! - `workstations`: id -> [`WorkstationRecord`] (since schema 3)
 //!
 //! Records are postcard-encoded, which is not self-describing: a change to a record is a new
 //! schema version with a migration in [`migrate`] and a test that opens a file of the old
@@ -20,13 +21,41 @@ use serde::{Deserialize, Serialize};
 use periphery_protocol::Role;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const DEVICE_BY_FP: TableDefinition<&str, &str> = TableDefinition::new("device_by_fingerprint");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const WORKSTATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("workstations");
+
+/// The first uid handed to workstations when the supervisor runs as root (the range systemd
+/// uses for dynamic users, 61184-65519).
+pub const WORKSTATION_UID_BASE: u32 = 61_184;
+/// The last uid handed to workstations.
+pub const WORKSTATION_UID_LAST: u32 = 65_519;
+
+/// A workstation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkstationRecord {
+    /// Id (`w-` and hex), stable for its life; names its directories and process marker.
+    pub id: String,
+    /// Owner.
+    pub user: String,
+    /// Name, unique per user.
+    pub name: String,
+    /// What it is made of.
+    pub spec: periphery_workstation::WorkstationSpec,
+    /// Whether it should be running.
+    pub desired_running: bool,
+    /// Its own uid (and gid).
+    pub uid: u32,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Why it last failed, if it did.
+    pub last_error: Option<String>,
+}
 
 /// A user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -415,6 +444,109 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Adds a workstation, allocating its uid; fails if the user has one of that name or the
+    /// owner does not exist.
+    pub fn add_workstation(
+        &self,
+        mut w: WorkstationRecord,
+        audit: &AuditRecord,
+    ) -> Result<WorkstationRecord, AddWorkstationError> {
+        self.write(Some(audit), |tx| {
+            if tx
+                .open_table(USERS)
+                .map_err(db)?
+                .get(w.user.as_str())
+                .map_err(db)?
+                .is_none()
+            {
+                return Ok(Err(AddWorkstationError::NoUser(w.user.clone())));
+            }
+            let mut t = tx.open_table(WORKSTATIONS).map_err(db)?;
+            let mut used = Vec::new();
+            for row in t.iter().map_err(db)? {
+                let (k, v) = row.map_err(db)?;
+                let o: WorkstationRecord = decode("workstations", k.value(), v.value())?;
+                if o.user == w.user && o.name == w.name {
+                    return Ok(Err(AddWorkstationError::Exists(format!(
+                        "{}/{}",
+                        w.user, w.name
+                    ))));
+                }
+                used.push(o.uid);
+            }
+            let Some(uid) =
+                (WORKSTATION_UID_BASE..=WORKSTATION_UID_LAST).find(|u| !used.contains(u))
+            else {
+                return Ok(Err(AddWorkstationError::NoUid));
+            };
+            w.uid = uid;
+            t.insert(w.id.as_str(), encode(&w).as_slice()).map_err(db)?;
+            Ok(Ok(w))
+        })
+    }
+
+    /// All workstations.
+    pub fn workstations(&self) -> Result<Vec<WorkstationRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(WORKSTATIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.push(decode("workstations", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Changes a workstation with `f` (desired state, last error) and records `audit`.
+    pub fn update_workstation(
+        &self,
+        id: &str,
+        audit: Option<&AuditRecord>,
+        f: impl FnOnce(&mut WorkstationRecord),
+    ) -> Result<WorkstationRecord, LookupError> {
+        self.write(audit, |tx| {
+            let mut t = tx.open_table(WORKSTATIONS).map_err(db)?;
+            let found = t.get(id).map_err(db)?.map(|v| v.value().to_vec());
+            let Some(bytes) = found else {
+                return Ok(Err(LookupError::NotFound(format!("workstation {id}"))));
+            };
+            let mut w: WorkstationRecord = decode("workstations", id, &bytes)?;
+            f(&mut w);
+            t.insert(id, encode(&w).as_slice()).map_err(db)?;
+            Ok(Ok(w))
+        })
+    }
+
+    /// Deletes a workstation record.
+    pub fn delete_workstation(&self, id: &str, audit: &AuditRecord) -> Result<(), LookupError> {
+        self.write(Some(audit), |tx| {
+            let mut t = tx.open_table(WORKSTATIONS).map_err(db)?;
+            if t.remove(id).map_err(db)?.is_none() {
+                return Ok(Err(LookupError::NotFound(format!("workstation {id}"))));
+            }
+            Ok(Ok(()))
+        })
+    }
+}
+
+/// Why a workstation could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddWorkstationError {
+    /// The owner does not exist.
+    #[error("user '{0}' not found")]
+    NoUser(String),
+    /// The user has a workstation of that name.
+    #[error("workstation {0} already exists")]
+    Exists(String),
+    /// Every workstation uid is taken.
+    #[error("no free workstation uid left")]
+    NoUid,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 fn db_err(e: redb::DatabaseError) -> StoreError {
     db(e)
 }
@@ -428,6 +560,7 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
             tx.open_table(DEVICES).map_err(db)?;
             tx.open_table(DEVICE_BY_FP).map_err(db)?;
             tx.open_table(AUDIT).map_err(db)?;
+            tx.open_table(WORKSTATIONS).map_err(db)?;
             SCHEMA_VERSION
         }
         // 1 -> 2: index devices by certificate fingerprint (the TLS handshake looks them up).
@@ -442,6 +575,11 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
                     .map_err(db)?;
             }
             2
+        }
+        // 2 -> 3: workstations.
+        2 => {
+            tx.open_table(WORKSTATIONS).map_err(db)?;
+            3
         }
         _ => unreachable!("migrate called past SCHEMA_VERSION"),
     })

@@ -14,20 +14,43 @@ use rustix::process::{kill_process, Pid, Signal};
 /// The environment variable that marks a workstation's processes.
 pub const MARKER_VAR: &str = "PERIPHERY_WORKSTATION";
 
-/// Pids whose environment has `PERIPHERY_WORKSTATION=<marker>`.
-pub fn marked(marker: &str) -> Vec<i32> {
-    let needle = format!("{MARKER_VAR}={marker}");
+/// Live processes whose marker starts with `prefix`, with their marker.
+pub fn marked_with_prefix(prefix: &str) -> Vec<(i32, String)> {
+    let needle = format!("{MARKER_VAR}={prefix}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                .unwrap_or(false)
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let kv = env
+                .split(|b| *b == 0)
+                .find(|kv| kv.starts_with(needle.as_bytes()))?;
+            let marker = String::from_utf8_lossy(&kv[MARKER_VAR.len() + 1..]).into_owned();
+            Some((pid, marker))
         })
-        .filter(|pid| !is_zombie(*pid))
+        .filter(|(pid, _)| !is_zombie(*pid))
         .collect()
+}
+
+/// Pids whose environment has `PERIPHERY_WORKSTATION=<marker>`.
+pub fn marked(marker: &str) -> Vec<i32> {
+    marked_with_prefix(marker)
+        .into_iter()
+        .filter(|(_, m)| m == marker)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Resident memory of `pids` together, bytes.
+pub fn rss_bytes(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let statm = std::fs::read_to_string(format!("/proc/{p}/statm")).ok()?;
+            let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+            Some(pages * 4096)
+        })
+        .sum()
 }
 
 fn is_zombie(pid: i32) -> bool {

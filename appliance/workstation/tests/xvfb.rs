@@ -203,6 +203,20 @@ fn damage_follows_changes_and_an_idle_screen_produces_no_frames() {
     assert_eq!((first.width, first.height), (1024, 768));
     assert_eq!(first.damage.len(), 1);
     assert_eq!(first.damage[0].area(), 1024 * 768);
+    // The pixels are the screen's: the terminal's white background inside its window, the
+    // black root outside it.
+    let conn = ws.access().connect().unwrap();
+    let root = conn.setup().roots[0].root;
+    let p = conn
+        .translate_coordinates(win, root, 100, 100)
+        .unwrap()
+        .reply()
+        .unwrap();
+    assert_eq!(
+        first.pixel(p.dst_x as u32, p.dst_y as u32)[..3],
+        [255, 255, 255]
+    );
+    assert_eq!(first.pixel(2, 2)[..3], [0, 0, 0]);
 
     // Let the desktop settle (cursor blink is off in xterm by default), then it must be still.
     wait_for("a quiet screen", Duration::from_secs(20), || {
