@@ -692,6 +692,61 @@ mod tests {
             "alice"
         );
         assert_eq!(s.users().unwrap().len(), 1);
+        assert!(s.workstations().unwrap().is_empty());
+    }
+
+    fn ws(id: &str, user: &str, name: &str) -> WorkstationRecord {
+        WorkstationRecord {
+            id: id.into(),
+            user: user.into(),
+            name: name.into(),
+            spec: periphery_workstation::WorkstationSpec {
+                backend: periphery_workstation::BackendKind::Xvfb,
+                monitors: vec!["1024x768".parse().unwrap()],
+                image: None,
+                memory_mib: 0,
+                cpus: 0,
+            },
+            desired_running: false,
+            uid: 0,
+            created_at: 1,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn workstations_get_distinct_uids_and_unique_names_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        s.add_user(&user("alice"), &audit()).unwrap();
+        s.add_user(&user("bob"), &audit()).unwrap();
+        let a = s
+            .add_workstation(ws("w-1", "alice", "design"), &audit())
+            .unwrap();
+        let b = s
+            .add_workstation(ws("w-2", "bob", "design"), &audit())
+            .unwrap();
+        assert_eq!(a.uid, WORKSTATION_UID_BASE);
+        assert_eq!(b.uid, WORKSTATION_UID_BASE + 1);
+        assert!(matches!(
+            s.add_workstation(ws("w-3", "alice", "design"), &audit()),
+            Err(AddWorkstationError::Exists(_))
+        ));
+        assert!(matches!(
+            s.add_workstation(ws("w-4", "carol", "x"), &audit()),
+            Err(AddWorkstationError::NoUser(_))
+        ));
+        s.update_workstation("w-1", None, |w| w.desired_running = true)
+            .unwrap();
+        s.delete_workstation("w-2", &audit()).unwrap();
+        let all = s.workstations().unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].desired_running);
+        // The freed uid is reused.
+        let c = s
+            .add_workstation(ws("w-5", "bob", "other"), &audit())
+            .unwrap();
+        assert_eq!(c.uid, WORKSTATION_UID_BASE + 1);
     }
 
     #[test]
