@@ -12,14 +12,18 @@
 //! - [`frame`], [`input`]: the frame and input types and traits;
 //! - [`xvfb`]: the Xvfb backend (Xvfb + window manager + session, x11rb capture with MIT-SHM
 //!   and DAMAGE, XTEST input, RandR 1.5 monitors);
+//! - [`qemu`]: the QEMU backend (QMP control, VNC frames and input, qcow2 overlay, KVM probe
+//!   with TCG fallback);
 //! - [`procs`]: finding and stopping every process of a workstation, even orphans of a
 //!   crashed supervisor (processes carry a marker in their environment);
 //! - [`png`](mod@png): screenshots.
 
 pub mod frame;
+pub mod initramfs;
 pub mod input;
 pub mod png;
 pub mod procs;
+pub mod qemu;
 pub mod spec;
 pub mod xauth;
 pub mod xvfb;
