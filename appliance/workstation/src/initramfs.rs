@@ -40,7 +40,7 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, size: usize, rdev: (u32, u32),
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -107,7 +107,7 @@ mod tests {
             Entry::File("bin/x".into(), 0o755, b"abc".to_vec()),
         ]);
         assert!(a.starts_with(b"070701"));
-        assert_eq!(a.len() % 4, 0);
+        assert!(a.len().is_multiple_of(4));
         let s = String::from_utf8_lossy(&a);
         assert!(s.contains("TRAILER!!!"));
         // The file's size field (7th) is 3.
