@@ -287,3 +287,49 @@ fn after_a_supervisor_sigkill_both_workstations_run_again_without_duplicates() {
     }
     assert!(d.log().contains("reaping processes left by an earlier run"));
 }
+
+#[test]
+fn a_qemu_workstation_runs_through_the_daemon() {
+    use periphery_workstation::qemu::{host_kernel, static_busybox};
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let initrd = dir.path().join("guest.cpio");
+    let init = "mount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho GUEST-READY > /dev/ttyS0\nexec sh </dev/tty1 >/dev/tty1 2>&1\n";
+    let bb = std::fs::read(static_busybox().expect("busybox-static")).unwrap();
+    std::fs::write(&initrd, periphery_workstation::initramfs::busybox(bb, init)).unwrap();
+    let kernel = host_kernel().expect("a kernel in /boot");
+    d.ok(&[
+        "ws",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "vm",
+        "--backend",
+        "qemu",
+        "--memory",
+        "256M",
+        "--cpus",
+        "1",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ]);
+    let show = d.ok(&["ws", "start", "vm"]);
+    assert!(show.contains("running"), "{show}");
+    assert!(show.contains("accelerator"), "{show}");
+    let qemu = pid_of(&show, "qemu").expect("a qemu pid");
+    // Monitors of a VM are its own.
+    let out = d.cli(&["ws", "monitor", "add", "vm", "800x600"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one monitor"));
+    // The console, once the guest printed on it.
+    let png = dir.path().join("vm.png");
+    wait_for("the guest console", Duration::from_secs(120), || {
+        d.ok(&["ws", "screenshot", "vm", png.to_str().unwrap()]);
+        let (_, _, rgb) = periphery_workstation::png::decode_rgb(&std::fs::read(&png).ok()?)?;
+        (rgb.iter().filter(|b| **b > 100).count() > 1000).then_some(())
+    });
+    d.ok(&["ws", "stop", "vm"]);
+    assert!(!procs::alive(qemu), "QEMU survived the stop");
+}

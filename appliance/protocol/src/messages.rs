@@ -216,6 +216,12 @@ pub enum Request {
         memory: Option<String>,
         /// For qemu: CPUs.
         cpus: Option<u32>,
+        /// For qemu: boot this kernel directly (a path on the appliance).
+        kernel: Option<String>,
+        /// For qemu: with `kernel`, this initramfs.
+        initrd: Option<String>,
+        /// For qemu: with `kernel`, this command line.
+        append: Option<String>,
     },
     /// Start a workstation (owner or admin). Answer: [`Response::Workstation`].
     WorkstationStart {

@@ -32,6 +32,7 @@ use crate::store::{
 };
 use crate::tls::{DeviceAllowList, DeviceStanding};
 use crate::workstations::{WorkstationOpError, Workstations};
+use periphery_workstation::spec::KernelBoot;
 use periphery_workstation::spec::SpecError;
 use periphery_workstation::{BackendKind, MonitorSize, WorkstationSpec};
 
@@ -485,6 +486,9 @@ impl Appliance {
                 image,
                 memory,
                 cpus,
+                kernel,
+                initrd,
+                append,
             } => {
                 let user = match (&conv.caller, user) {
                     (Caller::Device { device, role }, u) if *role != Role::Admin => {
@@ -505,7 +509,8 @@ impl Appliance {
                         ))
                     }
                 };
-                let spec = self.workstation_spec(&backend, &monitors, image, memory, cpus)?;
+                let boot = kernel.map(|k| (k, initrd, append));
+                let spec = self.workstation_spec(&backend, &monitors, image, memory, cpus, boot)?;
                 self.ws_create(actor, user, name, spec).await
             }
             Request::WorkstationStart { ws } => {
@@ -538,7 +543,12 @@ impl Appliance {
                     .await
                     .map_err(lookup_err)?;
                 let home = self.workstations.home(&rec);
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(home)).await;
+                let disk = self.workstations.disk(&rec);
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(home);
+                    let _ = std::fs::remove_file(disk);
+                })
+                .await;
                 tracing::info!(ws = %rec.id, user = %rec.user, name = %rec.name, "workstation deleted");
                 Ok(Response::Done)
             }
@@ -601,6 +611,7 @@ impl Appliance {
         image: Option<String>,
         memory: Option<String>,
         cpus: Option<u32>,
+        boot: Option<(String, Option<String>, Option<String>)>,
     ) -> Result<WorkstationSpec, ApiError> {
         let bad = |e: SpecError| ApiError::new(ErrorCode::InvalidArgument, e.to_string());
         let backend: BackendKind = backend.parse().map_err(bad)?;
@@ -620,27 +631,27 @@ impl Appliance {
             Some(m) => periphery_workstation::spec::parse_memory_mib(&m).map_err(bad)?,
             None => 2048,
         };
-        let image = match image {
-            Some(path) => {
-                let p = std::path::Path::new(&path);
-                if !p.is_file() {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        format!("base image {path} not found on the appliance"),
-                    ));
-                }
-                Some(
-                    p.canonicalize()
-                        .map_err(|e| {
-                            ApiError::new(
-                                ErrorCode::InvalidArgument,
-                                format!("base image {path}: {e}"),
-                            )
-                        })?
-                        .display()
-                        .to_string(),
-                )
+        let existing = |what: &str, path: String| -> Result<String, ApiError> {
+            let p = std::path::Path::new(&path);
+            if !p.is_file() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("{what} {path} not found on the appliance"),
+                ));
             }
+            p.canonicalize()
+                .map(|c| c.display().to_string())
+                .map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidArgument, format!("{what} {path}: {e}"))
+                })
+        };
+        let image = image.map(|p| existing("base image", p)).transpose()?;
+        let kernel = match boot {
+            Some((kernel, initrd, append)) => Some(KernelBoot {
+                kernel: existing("kernel", kernel)?,
+                initrd: initrd.map(|i| existing("initrd", i)).transpose()?,
+                append: append.unwrap_or_else(|| "console=tty1 console=ttyS0".into()),
+            }),
             None => None,
         };
         let spec = WorkstationSpec {
@@ -649,6 +660,7 @@ impl Appliance {
             image,
             memory_mib,
             cpus: cpus.unwrap_or(2),
+            kernel,
         };
         spec.validate(self.workstations.limits()).map_err(bad)?;
         Ok(spec)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::workstations::WorkstationSettings;
+use periphery_workstation::qemu::AccelPreference;
 
 /// The keys a config file may hold. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +46,8 @@ pub struct WorkstationsFile {
     pub session: Option<Vec<String>>,
     /// At most this many monitors per workstation.
     pub max_monitors: Option<usize>,
+    /// Accelerator of qemu workstations: `auto` (probe KVM, fall back to TCG), `kvm`, `tcg`.
+    pub accel: Option<String>,
 }
 
 /// `[pairing]` table.
@@ -288,6 +291,19 @@ impl Config {
                 ));
             }
             workstations.limits.max_monitors = n;
+        }
+        if let Some(a) = file.workstations.accel {
+            workstations.accel = match a.as_str() {
+                "auto" => AccelPreference::Auto,
+                "kvm" => AccelPreference::Kvm,
+                "tcg" => AccelPreference::Tcg,
+                other => {
+                    return Err(invalid(
+                        "workstations.accel",
+                        format!("'{other}' is not auto, kvm or tcg"),
+                    ))
+                }
+            };
         }
         Ok(Config {
             workstations,

@@ -159,6 +159,15 @@ enum WsCommand {
         /// qemu: CPUs.
         #[arg(long)]
         cpus: Option<u32>,
+        /// qemu: boot this kernel directly instead of the disk's boot loader.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// qemu: with --kernel, this initramfs.
+        #[arg(long, requires = "kernel")]
+        initrd: Option<String>,
+        /// qemu: with --kernel, this kernel command line.
+        #[arg(long, requires = "kernel")]
+        append: Option<String>,
     },
     /// List workstations.
     List,
@@ -545,6 +554,9 @@ async fn ws(state_dir: &std::path::Path, cmd: WsCommand) -> anyhow::Result<()> {
             image,
             memory,
             cpus,
+            kernel,
+            initrd,
+            append,
         } => show(
             c.request(Request::WorkstationCreate {
                 user: Some(user),
@@ -554,6 +566,9 @@ async fn ws(state_dir: &std::path::Path, cmd: WsCommand) -> anyhow::Result<()> {
                 image,
                 memory,
                 cpus,
+                kernel,
+                initrd,
+                append,
             })
             .await?,
         )?,

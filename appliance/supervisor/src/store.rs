@@ -706,6 +706,7 @@ mod tests {
                 image: None,
                 memory_mib: 0,
                 cpus: 0,
+                kernel: None,
             },
             desired_running: false,
             uid: 0,

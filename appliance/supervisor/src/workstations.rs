@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use periphery_protocol::{MonitorInfo, WorkstationInfo};
-use periphery_workstation::xvfb::capture::XvfbCapture;
+use periphery_workstation::qemu::{AccelPreference, QemuOptions, QemuWorkstation};
 use periphery_workstation::xvfb::{XvfbOptions, XvfbWorkstation};
-use periphery_workstation::{procs, BackendKind, FrameSource, Limits, MonitorSize};
+use periphery_workstation::{procs, BackendKind, Limits, MonitorSize, Workstation};
 
 use crate::store::{Store, WorkstationRecord};
 
@@ -33,6 +33,8 @@ pub struct WorkstationSettings {
     pub session: Vec<String>,
     /// Request limits.
     pub limits: Limits,
+    /// Accelerator of qemu workstations.
+    pub accel: AccelPreference,
 }
 
 impl Default for WorkstationSettings {
@@ -41,11 +43,12 @@ impl Default for WorkstationSettings {
             window_manager: vec!["openbox".into()],
             session: vec!["xterm".into()],
             limits: Limits::default(),
+            accel: AccelPreference::Auto,
         }
     }
 }
 
-type Handle = Arc<Mutex<Option<XvfbWorkstation>>>;
+type Handle = Arc<Mutex<Option<Box<dyn Workstation>>>>;
 
 #[derive(Debug)]
 enum LiveState {
@@ -159,6 +162,37 @@ impl Workstations {
         }
     }
 
+    fn qemu_options(&self, rec: &WorkstationRecord) -> QemuOptions {
+        QemuOptions {
+            marker: self.marker(&rec.id),
+            runtime_dir: self.runtime_dir(&rec.id),
+            disk: self
+                .state_dir
+                .join("disks")
+                .join(format!("{}.qcow2", rec.id)),
+            run_as: self.as_root.then_some((rec.uid, rec.uid)),
+            image: rec.spec.image.as_ref().map(PathBuf::from),
+            kernel: rec.spec.kernel.as_ref().map(|k| {
+                (
+                    PathBuf::from(&k.kernel),
+                    k.initrd.as_ref().map(PathBuf::from),
+                    k.append.clone(),
+                )
+            }),
+            memory_mib: rec.spec.memory_mib,
+            cpus: rec.spec.cpus,
+            accel: self.settings.accel,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A workstation's overlay disk (qemu).
+    pub fn disk(&self, rec: &WorkstationRecord) -> PathBuf {
+        self.state_dir
+            .join("disks")
+            .join(format!("{}.qcow2", rec.id))
+    }
+
     fn handle(&self, id: &str) -> Option<Handle> {
         match &lock(&self.live).get(id)?.state {
             LiveState::Running { handle, .. } => Some(handle.clone()),
@@ -179,15 +213,22 @@ impl Workstations {
                 _ => entry.state = LiveState::Starting,
             }
         }
-        let outcome = match rec.spec.backend {
+        let outcome: Result<Box<dyn Workstation>, String> = match rec.spec.backend {
             BackendKind::Xvfb => {
                 let opts = self.options(rec);
                 let monitors = rec.spec.monitors.clone();
                 blocking(move || XvfbWorkstation::start(opts, &monitors))
                     .await
+                    .map(|w| Box::new(w) as Box<dyn Workstation>)
                     .map_err(|e| chain(&e))
             }
-            BackendKind::Qemu => Err("the qemu backend is not available yet in this build".into()),
+            BackendKind::Qemu => {
+                let opts = self.qemu_options(rec);
+                blocking(move || QemuWorkstation::start(opts))
+                    .await
+                    .map(|w| Box::new(w) as Box<dyn Workstation>)
+                    .map_err(|e| chain(&e))
+            }
         };
         // Decide under the lock, act after it (a guard must not live across an await).
         let orphan = {
@@ -395,14 +436,14 @@ impl Workstations {
                         .into_iter()
                         .map(|(r, p)| (r.to_owned(), p))
                         .collect::<Vec<_>>(),
-                    ws.display(),
+                    ws.detail(),
                 )
             }),
             _ => None,
         };
         drop(live);
         let (monitors, pids, memory, detail) = match running {
-            Some((mons, pids, display)) => {
+            Some((mons, pids, backend_detail)) => {
                 let marked = procs::marked(&self.marker(&rec.id));
                 (
                     mons.iter()
@@ -416,7 +457,7 @@ impl Workstations {
                         .collect(),
                     pids,
                     Some(procs::rss_bytes(&marked)),
-                    format!("display :{display}, uid {}", self.uid_shown(rec)),
+                    format!("{backend_detail}, uid {}", self.uid_shown(rec)),
                 )
             }
             None => (
@@ -508,13 +549,13 @@ impl Workstations {
         let handle = self
             .handle(&rec.id)
             .ok_or_else(|| WorkstationOpError::NotRunning(rec.name.clone()))?;
-        let access = lock(&handle)
-            .as_ref()
-            .map(|ws| ws.access())
-            .ok_or_else(|| WorkstationOpError::NotRunning(rec.name.clone()))?;
+        let be = |e: &dyn std::error::Error| WorkstationOpError::Backend(chain(e));
+        let source = match lock(&handle).as_ref() {
+            Some(ws) => ws.frame_source(id).map_err(|e| be(&e))?,
+            None => return Err(WorkstationOpError::NotRunning(rec.name.clone())),
+        };
         blocking(move || {
-            let be = |e: &dyn std::error::Error| WorkstationOpError::Backend(chain(e));
-            let mut cap = XvfbCapture::new(&access, id).map_err(|e| be(&e))?;
+            let mut cap = source;
             cap.request_full();
             let frame = cap
                 .next_frame(Duration::from_secs(5))

@@ -6,6 +6,8 @@
 //! - an [`InputSink`]: keys by keysym, absolute pointer motion in monitor coordinates,
 //!   buttons, scroll, touch (mapped to the pointer for now).
 //!
+//! Both come from [`Workstation`], the interface every backend implements.
+//!
 //! Modules:
 //! - [`spec`]: what a workstation is made of (backend, monitors, memory, CPUs), the limits a
 //!   request is validated against, and where monitors sit in the framebuffer — sans-IO;
@@ -18,6 +20,7 @@
 //!   crashed supervisor (processes carry a marker in their environment);
 //! - [`png`](mod@png): screenshots.
 
+pub mod backend;
 pub mod frame;
 pub mod initramfs;
 pub mod input;
@@ -28,6 +31,7 @@ pub mod spec;
 pub mod xauth;
 pub mod xvfb;
 
+pub use backend::{MonitorError, Workstation};
 pub use frame::{CaptureError, Frame, FrameSource, Rect};
 pub use input::{InputError, InputEvent, InputSink, MouseButton, TouchPhase};
 pub use spec::{BackendKind, Limits, Monitor, MonitorSize, WorkstationSpec};

@@ -136,6 +136,20 @@ pub struct WorkstationSpec {
     pub memory_mib: u64,
     /// For qemu: CPUs.
     pub cpus: u32,
+    /// For qemu: direct kernel boot (kernel, initrd, command line) instead of the disk's
+    /// boot loader.
+    pub kernel: Option<KernelBoot>,
+}
+
+/// Direct kernel boot of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBoot {
+    /// The kernel image.
+    pub kernel: String,
+    /// The initramfs.
+    pub initrd: Option<String>,
+    /// The kernel command line.
+    pub append: String,
 }
 
 /// A workstation request that cannot be honoured.
@@ -194,7 +208,7 @@ pub enum SpecError {
         max: u32,
     },
     /// A qemu workstation without an image.
-    #[error("a qemu workstation needs --image (a disk image to boot)")]
+    #[error("a qemu workstation needs --image (a disk image to boot) or --kernel")]
     NoImage,
 }
 
@@ -247,7 +261,7 @@ impl WorkstationSpec {
             });
         }
         if self.backend == BackendKind::Qemu {
-            if self.image.is_none() {
+            if self.image.is_none() && self.kernel.is_none() {
                 return Err(SpecError::NoImage);
             }
             if !(64..=limits.max_memory_mib).contains(&self.memory_mib) {
@@ -316,6 +330,7 @@ mod tests {
             image: None,
             memory_mib: 0,
             cpus: 0,
+            kernel: None,
         }
     }
 

@@ -31,6 +31,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 use x11rb::wrapper::ConnectionExt as _;
 
+use crate::backend::MonitorError;
 use crate::procs::{self, MARKER_VAR};
 use crate::spec::{self, Monitor, MonitorSize};
 use crate::xauth;
@@ -92,31 +93,6 @@ pub enum StartXvfbError {
     /// The monitors could not be set up.
     #[error("cannot set up the monitors")]
     Monitors(#[source] MonitorError),
-}
-
-/// Why a monitor change failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
-    /// The new monitor does not fit in the framebuffer.
-    #[error("a {size} monitor does not fit next to the others in the {framebuffer} framebuffer")]
-    NoRoom {
-        /// Requested size.
-        size: MonitorSize,
-        /// The framebuffer.
-        framebuffer: MonitorSize,
-    },
-    /// Too many monitors.
-    #[error("at most {0} monitors")]
-    TooMany(usize),
-    /// No such monitor.
-    #[error("no monitor {0}")]
-    NotFound(u32),
-    /// Monitor 0 cannot be removed.
-    #[error("monitor 0 is the primary monitor and cannot be removed")]
-    Primary,
-    /// The X server refused.
-    #[error("the X server refused the monitor change")]
-    X(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn x_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> MonitorError {
