@@ -220,7 +220,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stop { name } => {
             let mut s = connect(&home).await?;
-            let r = s.request(Request::WorkstationStop { ws: name }).await?;
+            let r = s
+                .request(Request::WorkstationStop {
+                    ws: name,
+                    force: false,
+                })
+                .await?;
             if let Response::Workstation(w) = r {
                 println!("{} {}", w.name, w.state);
             }

@@ -202,6 +202,13 @@ fn tablets_use_only_their_own_users_workstations() {
     assert!(e.contains("no workstation 'cad'"), "{e}");
     let e = alice.fails(&["start", "bob/cad"]);
     assert!(e.contains("only use your own"), "{e}");
+    d.ok(&["ws", "start", "bob/cad"]);
+    let e = alice.fails(&["stop", "bob/cad"]);
+    assert!(e.contains("only use your own"), "{e}");
+    let e = alice.fails(&["stop", "cad"]);
+    assert!(e.contains("no workstation 'cad'"), "{e}");
+    assert!(d.ok(&["ws", "show", "bob/cad"]).contains("running"));
+    d.ok(&["ws", "stop", "bob/cad"]);
     assert!(d
         .ok(&["ws", "list"])
         .lines()
@@ -330,6 +337,8 @@ fn a_qemu_workstation_runs_through_the_daemon() {
         let (_, _, rgb) = periphery_workstation::png::decode_rgb(&std::fs::read(&png).ok()?)?;
         (rgb.iter().filter(|b| **b > 100).count() > 1000).then_some(())
     });
-    d.ok(&["ws", "stop", "vm"]);
+    // The busybox guest ignores the ACPI power button: a graceful stop waits for the configured
+    // time, a forced one does not.
+    d.ok(&["ws", "stop", "vm", "--force"]);
     assert!(!procs::alive(qemu), "QEMU survived the stop");
 }

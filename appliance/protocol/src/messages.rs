@@ -228,10 +228,13 @@ pub enum Request {
         /// `name` (the caller's) or `user/name`.
         ws: String,
     },
-    /// Stop a workstation (owner or admin). Answer: [`Response::Workstation`].
+    /// Stop a workstation (owner or admin); a VM is asked to power down first unless `force`.
+    /// Answer: [`Response::Workstation`].
     WorkstationStop {
         /// `name` or `user/name`.
         ws: String,
+        /// Stop at once, without asking the guest.
+        force: bool,
     },
     /// Delete a stopped or running workstation and its state (owner or admin).
     WorkstationDelete {

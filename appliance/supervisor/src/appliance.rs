@@ -524,15 +524,15 @@ impl Appliance {
                 }
                 Ok(Response::Workstation(self.workstations.info(&rec)))
             }
-            Request::WorkstationStop { ws } => {
+            Request::WorkstationStop { ws, force } => {
                 let rec = self.resolve_ws(&conv.caller, &ws).await?;
                 let rec = self.set_desired(&rec, false, actor).await?;
-                self.workstations.stop(&rec.id).await;
+                self.workstations.stop(&rec.id, !force).await;
                 Ok(Response::Workstation(self.workstations.info(&rec)))
             }
             Request::WorkstationDelete { ws } => {
                 let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                self.workstations.stop(&rec.id).await;
+                self.workstations.stop(&rec.id, false).await;
                 let a = audit(
                     actor,
                     "ws-delete",

@@ -48,6 +48,8 @@ pub struct WorkstationsFile {
     pub max_monitors: Option<usize>,
     /// Accelerator of qemu workstations: `auto` (probe KVM, fall back to TCG), `kvm`, `tcg`.
     pub accel: Option<String>,
+    /// Seconds a graceful stop waits for a VM to power down.
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 /// `[pairing]` table.
@@ -291,6 +293,15 @@ impl Config {
                 ));
             }
             workstations.limits.max_monitors = n;
+        }
+        if let Some(t) = file.workstations.shutdown_timeout_secs {
+            if !(1..=600).contains(&t) {
+                return Err(invalid(
+                    "workstations.shutdown_timeout_secs",
+                    format!("{t} is outside 1..=600"),
+                ));
+            }
+            workstations.shutdown_timeout = Duration::from_secs(t);
         }
         if let Some(a) = file.workstations.accel {
             workstations.accel = match a.as_str() {

@@ -176,10 +176,13 @@ enum WsCommand {
         /// The workstation.
         ws: String,
     },
-    /// Stop a workstation.
+    /// Stop a workstation (a VM is asked to power down first).
     Stop {
         /// The workstation.
         ws: String,
+        /// Stop at once (a VM is not asked to power down).
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a workstation and its home directory.
     Delete {
@@ -593,7 +596,9 @@ async fn ws(state_dir: &std::path::Path, cmd: WsCommand) -> anyhow::Result<()> {
             }
         }
         WsCommand::Start { ws } => show(c.request(Request::WorkstationStart { ws }).await?)?,
-        WsCommand::Stop { ws } => show(c.request(Request::WorkstationStop { ws }).await?)?,
+        WsCommand::Stop { ws, force } => {
+            show(c.request(Request::WorkstationStop { ws, force }).await?)?
+        }
         WsCommand::Delete { ws } => {
             c.request(Request::WorkstationDelete { ws: ws.clone() })
                 .await?;

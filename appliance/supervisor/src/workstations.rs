@@ -13,11 +13,12 @@
 //! Blocking work (starting Xvfb, stopping processes, capture) runs on the blocking pool.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use periphery_protocol::{MonitorInfo, WorkstationInfo};
+use periphery_workstation::cgroup::{Cgroup, CgroupLimits, Cgroups};
 use periphery_workstation::qemu::{AccelPreference, QemuOptions, QemuWorkstation};
 use periphery_workstation::xvfb::{XvfbOptions, XvfbWorkstation};
 use periphery_workstation::{procs, BackendKind, Limits, MonitorSize, Workstation};
@@ -35,6 +36,8 @@ pub struct WorkstationSettings {
     pub limits: Limits,
     /// Accelerator of qemu workstations.
     pub accel: AccelPreference,
+    /// How long a graceful stop waits for a VM to power down before stopping it hard.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for WorkstationSettings {
@@ -44,6 +47,7 @@ impl Default for WorkstationSettings {
             session: vec!["xterm".into()],
             limits: Limits::default(),
             accel: AccelPreference::Auto,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Workstations {
     instance: String,
     settings: WorkstationSettings,
     as_root: bool,
+    cgroups: Result<Cgroups, String>,
     live: Mutex<HashMap<String, Live>>,
 }
 
@@ -127,6 +132,7 @@ impl Workstations {
             instance,
             settings,
             as_root: rustix::process::geteuid().is_root(),
+            cgroups: Cgroups::detect(Path::new("/sys/fs/cgroup")),
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -149,6 +155,33 @@ impl Workstations {
         self.state_dir.join("run").join(id)
     }
 
+    /// The group with `rec`'s limits, or `None` where limits cannot be enforced.
+    fn cgroup(&self, rec: &WorkstationRecord) -> Option<Cgroup> {
+        let cgroups = self.cgroups.as_ref().ok()?;
+        let limits = CgroupLimits {
+            memory_mib: rec.spec.memory_mib,
+            cpus: rec.spec.cpus,
+        };
+        match cgroups.create(&rec.id, limits) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(ws = %rec.id, error = %e, "cannot create the workstation's cgroup; running without limits");
+                None
+            }
+        }
+    }
+
+    /// Whether `rec`'s limits are enforced, and if not why.
+    fn limits_status(&self, rec: &WorkstationRecord) -> String {
+        match &self.cgroups {
+            Ok(_) => format!(
+                "cgroup v2: memory.max {} MiB, cpu.max {} CPU(s)",
+                rec.spec.memory_mib, rec.spec.cpus
+            ),
+            Err(why) => format!("not enforced: {why}"),
+        }
+    }
+
     fn options(&self, rec: &WorkstationRecord) -> XvfbOptions {
         XvfbOptions {
             marker: self.marker(&rec.id),
@@ -159,6 +192,7 @@ impl Workstations {
             window_manager: self.settings.window_manager.clone(),
             session: self.settings.session.clone(),
             start_timeout: Duration::from_secs(30),
+            cgroup: self.cgroup(rec),
         }
     }
 
@@ -183,6 +217,7 @@ impl Workstations {
             cpus: rec.spec.cpus,
             accel: self.settings.accel,
             start_timeout: Duration::from_secs(30),
+            cgroup: self.cgroup(rec),
         }
     }
 
@@ -285,8 +320,9 @@ impl Workstations {
         .await
     }
 
-    /// Stops `id` and waits until none of its processes is left.
-    pub async fn stop(&self, id: &str) {
+    /// Stops `id` and waits until none of its processes is left. With `graceful`, a VM is
+    /// first asked to power down and given the configured time to do so.
+    pub async fn stop(&self, id: &str, graceful: bool) {
         let removed = lock(&self.live).remove(id);
         if let Some(Live {
             state: LiveState::Running { handle, .. },
@@ -294,8 +330,18 @@ impl Workstations {
         }) = removed
         {
             let ws = lock(&handle).take();
-            if let Some(ws) = ws {
-                blocking(move || ws.stop()).await;
+            if let Some(mut ws) = ws {
+                let timeout = self.settings.shutdown_timeout;
+                blocking(move || {
+                    if graceful && ws.request_shutdown() {
+                        let deadline = Instant::now() + timeout;
+                        while Instant::now() < deadline && ws.exited().is_none() {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                    ws.stop()
+                })
+                .await;
             }
         }
         // Whatever else carries its marker (a crashed start, an orphan) goes too.
@@ -307,7 +353,7 @@ impl Workstations {
     pub async fn stop_all(&self) {
         let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
-            self.stop(&id).await;
+            self.stop(&id, true).await;
         }
     }
 
@@ -489,7 +535,7 @@ impl Workstations {
             monitors,
             pids,
             memory_bytes: memory,
-            limits: limits_status(),
+            limits: self.limits_status(rec),
             detail,
         }
     }
@@ -564,15 +610,6 @@ impl Workstations {
             periphery_workstation::png::encode(&frame).map_err(|e| be(&e))
         })
         .await
-    }
-}
-
-/// Whether resource limits can be enforced here, and if not why.
-pub fn limits_status() -> String {
-    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2 present; per-workstation memory and CPU limits are not applied yet".into()
-    } else {
-        "not enforced: cgroup v2 is not mounted at /sys/fs/cgroup on this machine".into()
     }
 }
 

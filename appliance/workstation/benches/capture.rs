@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use periphery_workstation::xvfb::{XvfbOptions, XvfbWorkstation};
-use periphery_workstation::{FrameSource, Limits, Workstation};
-use x11rb::connection::{Connection, RequestConnection};
+use periphery_workstation::{Limits, Workstation};
+use x11rb::connection::Connection;
 use x11rb::protocol::shm::ConnectionExt as _;
 use x11rb::protocol::xproto::ImageFormat;
 
@@ -25,7 +25,10 @@ fn cpu_of(pid: u32) -> Duration {
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
         return Duration::ZERO;
     };
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     Duration::from_millis((f[11] + f[12]) * 10)
 }
 
@@ -41,6 +44,7 @@ fn main() {
             window_manager: vec![],
             session: vec![],
             start_timeout: Duration::from_secs(20),
+            cgroup: None,
         },
         &["1920x1080".parse().unwrap()],
     )
@@ -57,10 +61,20 @@ fn main() {
     let bare = {
         let t = Instant::now();
         for _ in 0..FRAMES {
-            conn.shm_get_image(root, 0, 0, 1920, 1080, !0, ImageFormat::Z_PIXMAP.into(), seg, 0)
-                .unwrap()
-                .reply()
-                .unwrap();
+            conn.shm_get_image(
+                root,
+                0,
+                0,
+                1920,
+                1080,
+                !0,
+                ImageFormat::Z_PIXMAP.into(),
+                seg,
+                0,
+            )
+            .unwrap()
+            .reply()
+            .unwrap();
         }
         t.elapsed() / FRAMES
     };

@@ -50,6 +50,11 @@ pub trait Workstation: Send + std::fmt::Debug {
     fn remove_monitor(&mut self, id: u32) -> Result<(), MonitorError>;
     /// Backend details for people (display, accelerator).
     fn detail(&self) -> String;
+    /// Asks the guest to shut down by itself (ACPI power button); `false` if the backend has
+    /// no such thing. Watch [`Workstation::exited`] for the result.
+    fn request_shutdown(&mut self) -> bool {
+        false
+    }
     /// Stops every process of the workstation and waits until none is left.
     fn stop(self: Box<Self>);
 }
@@ -121,6 +126,9 @@ impl Workstation for crate::qemu::QemuWorkstation {
         Err(MonitorError::Unsupported(
             "a qemu workstation has the one monitor of its VM",
         ))
+    }
+    fn request_shutdown(&mut self) -> bool {
+        self.powerdown().is_ok()
     }
     fn detail(&self) -> String {
         let a = self.accel();

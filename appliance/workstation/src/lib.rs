@@ -16,11 +16,13 @@
 //!   and DAMAGE, XTEST input, RandR 1.5 monitors);
 //! - [`qemu`]: the QEMU backend (QMP control, VNC frames and input, qcow2 overlay, KVM probe
 //!   with TCG fallback);
+//! - [`cgroup`]: memory and CPU limits with cgroup v2, where the kernel offers them;
 //! - [`procs`]: finding and stopping every process of a workstation, even orphans of a
 //!   crashed supervisor (processes carry a marker in their environment);
 //! - [`png`](mod@png): screenshots.
 
 pub mod backend;
+pub mod cgroup;
 pub mod frame;
 pub mod initramfs;
 pub mod input;

@@ -85,6 +85,7 @@ fn a_tiny_guest_boots_shows_its_console_and_obeys_the_keyboard() {
         cpus: 1,
         accel: AccelPreference::Auto,
         start_timeout: Duration::from_secs(30),
+        cgroup: None,
     })
     .unwrap();
     println!(

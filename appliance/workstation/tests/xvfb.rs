@@ -42,6 +42,7 @@ fn options(dir: &Path, marker: &str, session: &[&str]) -> XvfbOptions {
         window_manager: vec!["openbox".into()],
         session: session.iter().map(|s| s.to_string()).collect(),
         start_timeout: Duration::from_secs(20),
+        cgroup: None,
     }
 }
 
@@ -259,9 +260,9 @@ fn damage_follows_changes_and_an_idle_screen_produces_no_frames() {
     }
 }
 
-/// User plus system CPU time of this process.
+/// User plus system CPU time of the calling thread (other tests run in other threads).
 fn own_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<u64> = rest
         .split_whitespace()

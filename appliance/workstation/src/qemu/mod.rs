@@ -84,6 +84,8 @@ pub struct QemuOptions {
     pub accel: AccelPreference,
     /// How long QEMU may take to come up.
     pub start_timeout: Duration,
+    /// The resource-limit group QEMU goes into, if limits are enforced.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 /// Why a VM could not start.
@@ -436,6 +438,10 @@ impl QemuWorkstation {
             program: "qemu-system-x86_64".into(),
             detail: e.to_string(),
         })?;
+        if let Some(cg) = &opts.cgroup {
+            cg.add(child.id())
+                .map_err(io_err(Path::new("cgroup.procs")))?;
+        }
         let deadline = Instant::now() + opts.start_timeout;
         let qmp = loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -544,6 +550,9 @@ impl QemuWorkstation {
             let _ = child.try_wait();
         });
         let _ = self.child.wait();
+        if let Some(cg) = &self.opts.cgroup {
+            cg.remove();
+        }
         tracing::info!(marker = %self.opts.marker, "qemu workstation stopped");
     }
 }

@@ -55,6 +55,8 @@ pub struct XvfbOptions {
     pub session: Vec<String>,
     /// How long Xvfb may take to come up.
     pub start_timeout: Duration,
+    /// The resource-limit group its processes go into, if limits are enforced.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 /// Why a workstation could not start.
@@ -221,6 +223,10 @@ impl XvfbWorkstation {
         }
 
         let (xvfb, display) = start_xvfb(&opts, &auth)?;
+        if let Some(cg) = &opts.cgroup {
+            cg.add(xvfb.id())
+                .map_err(io_err(Path::new("cgroup.procs")))?;
+        }
         let ctl = connect(display, &cookie)
             .map_err(|source| StartXvfbError::Connect { display, source })?;
         let root = ctl.setup().roots[0].root;
@@ -260,6 +266,7 @@ impl XvfbWorkstation {
                     program: wm[0].clone(),
                     source,
                 })?;
+            ws.join_cgroup(&child)?;
             ws.children.push(("window manager", child));
             // The session starts once the window manager has announced itself: a window mapped
             // while it is still starting can be lost (seen with openbox under load).
@@ -277,6 +284,14 @@ impl XvfbWorkstation {
         }
         tracing::info!(display = ws.access.display, marker = %ws.opts.marker, "xvfb workstation started");
         Ok(ws)
+    }
+
+    fn join_cgroup(&self, child: &Child) -> Result<(), StartXvfbError> {
+        if let Some(cg) = &self.opts.cgroup {
+            cg.add(child.id())
+                .map_err(io_err(Path::new("cgroup.procs")))?;
+        }
+        Ok(())
     }
 
     fn wait_for_window_manager(&mut self) -> Result<(), StartXvfbError> {
