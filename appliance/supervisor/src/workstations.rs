@@ -548,22 +548,33 @@ impl Workstations {
         }
     }
 
+    /// Runs `f` on the running workstation `rec`, on the blocking pool.
+    async fn with_running<T: Send + 'static>(
+        &self,
+        rec: &WorkstationRecord,
+        f: impl FnOnce(&mut dyn Workstation) -> Result<T, WorkstationOpError> + Send + 'static,
+    ) -> Result<T, WorkstationOpError> {
+        let not_running = || WorkstationOpError::NotRunning(rec.name.clone());
+        let handle = self.handle(&rec.id).ok_or_else(not_running)?;
+        let name = rec.name.clone();
+        blocking(move || match lock(&handle).as_mut() {
+            Some(ws) => f(ws.as_mut()),
+            None => Err(WorkstationOpError::NotRunning(name)),
+        })
+        .await
+    }
+
     /// Adds a monitor to a running workstation.
     pub async fn monitor_add(
         &self,
         rec: &WorkstationRecord,
         size: MonitorSize,
     ) -> Result<(), WorkstationOpError> {
-        let handle = self
-            .handle(&rec.id)
-            .ok_or_else(|| WorkstationOpError::NotRunning(rec.name.clone()))?;
         let max = self.settings.limits.max_monitors;
-        blocking(move || match lock(&handle).as_mut() {
-            Some(ws) => ws
-                .add_monitor(size, max)
+        self.with_running(rec, move |ws| {
+            ws.add_monitor(size, max)
                 .map(|_| ())
-                .map_err(|e| WorkstationOpError::Backend(chain(&e))),
-            None => Err(WorkstationOpError::Backend("stopping".into())),
+                .map_err(|e| WorkstationOpError::Backend(chain(&e)))
         })
         .await
     }
@@ -574,14 +585,9 @@ impl Workstations {
         rec: &WorkstationRecord,
         id: u32,
     ) -> Result<(), WorkstationOpError> {
-        let handle = self
-            .handle(&rec.id)
-            .ok_or_else(|| WorkstationOpError::NotRunning(rec.name.clone()))?;
-        blocking(move || match lock(&handle).as_mut() {
-            Some(ws) => ws
-                .remove_monitor(id)
-                .map_err(|e| WorkstationOpError::Backend(chain(&e))),
-            None => Err(WorkstationOpError::Backend("stopping".into())),
+        self.with_running(rec, move |ws| {
+            ws.remove_monitor(id)
+                .map_err(|e| WorkstationOpError::Backend(chain(&e)))
         })
         .await
     }

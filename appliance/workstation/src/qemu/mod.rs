@@ -298,33 +298,42 @@ fn run_probe(work_dir: &Path) -> AccelChoice {
     verdict
 }
 
-fn base_format(image: &Path) -> Result<String, StartQemuError> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(image)
-        .output()
-        .map_err(|e| StartQemuError::Program {
-            program: "qemu-img".into(),
-            detail: e.to_string(),
-        })?;
+/// Runs `qemu-img` and returns its standard output, or what it said on failure.
+fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, StartQemuError> {
+    let what = format!(
+        "qemu-img {}",
+        args.first()
+            .map(|a| a.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let out =
+        Command::new("qemu-img")
+            .args(args)
+            .output()
+            .map_err(|e| StartQemuError::Program {
+                program: what.clone(),
+                detail: e.to_string(),
+            })?;
     if !out.status.success() {
         return Err(StartQemuError::Program {
-            program: "qemu-img info".into(),
+            program: what,
             detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| StartQemuError::Program {
-            program: "qemu-img info".into(),
-            detail: e.to_string(),
-        })?;
+    Ok(out.stdout)
+}
+
+fn base_format(image: &Path) -> Result<String, StartQemuError> {
+    let out = qemu_img(&["info".as_ref(), "--output=json".as_ref(), image.as_os_str()])?;
+    let bad = |detail: String| StartQemuError::Program {
+        program: "qemu-img info".into(),
+        detail,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| bad(e.to_string()))?;
     v.get("format")
         .and_then(|f| f.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| StartQemuError::Program {
-            program: "qemu-img info".into(),
-            detail: "no format".into(),
-        })
+        .ok_or_else(|| bad("no format".into()))
 }
 
 fn create_overlay(image: &Path, disk: &Path) -> Result<(), StartQemuError> {
@@ -335,22 +344,18 @@ fn create_overlay(image: &Path, disk: &Path) -> Result<(), StartQemuError> {
         std::fs::create_dir_all(p).map_err(io_err(p))?;
     }
     let fmt = base_format(image)?;
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", &fmt, "-b"])
-        .arg(image)
-        .arg(disk)
-        .output()
-        .map_err(|e| StartQemuError::Program {
-            program: "qemu-img".into(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(StartQemuError::Program {
-            program: "qemu-img create".into(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        fmt.as_ref(),
+        "-b".as_ref(),
+        image.as_os_str(),
+        disk.as_os_str(),
+    ])
+    .map(|_| ())
 }
 
 impl QemuWorkstation {
