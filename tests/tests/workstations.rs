@@ -62,6 +62,10 @@ fn the_admin_runs_a_workstation_end_to_end() {
     assert!(show.contains("running"), "{show}");
     assert!(show.contains("monitor 1  1024x768+1280+0"), "{show}");
     let xvfb = pid_of(&show, "Xvfb").expect("an Xvfb pid");
+    assert!(
+        show.contains("MiB resident") && show.contains("s used"),
+        "{show}"
+    );
     assert_eq!(xvfbs(&d), vec![xvfb]);
 
     // Monitors at run time.

@@ -406,6 +406,8 @@ pub struct WorkstationInfo {
     pub pids: Vec<(String, u32)>,
     /// Resident memory of all its processes, bytes (when running).
     pub memory_bytes: Option<u64>,
+    /// CPU time its processes have used, seconds (when running).
+    pub cpu_secs: Option<f64>,
     /// Whether resource limits are enforced, and if not why.
     pub limits: String,
     /// Backend details (display, acceleration, image).

@@ -488,7 +488,7 @@ impl Workstations {
             _ => None,
         };
         drop(live);
-        let (monitors, pids, memory, detail) = match running {
+        let (monitors, pids, usage, detail) = match running {
             Some((mons, pids, backend_detail)) => {
                 let marked = procs::marked(&self.marker(&rec.id));
                 (
@@ -502,7 +502,7 @@ impl Workstations {
                         })
                         .collect(),
                     pids,
-                    Some(procs::rss_bytes(&marked)),
+                    Some((procs::rss_bytes(&marked), procs::cpu_time(&marked))),
                     format!("{backend_detail}, uid {}", self.uid_shown(rec)),
                 )
             }
@@ -534,7 +534,8 @@ impl Workstations {
             reason,
             monitors,
             pids,
-            memory_bytes: memory,
+            memory_bytes: usage.map(|u| u.0),
+            cpu_secs: usage.map(|u| u.1.as_secs_f64()),
             limits: self.limits_status(rec),
             detail,
         }

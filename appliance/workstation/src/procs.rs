@@ -42,6 +42,20 @@ pub fn marked(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// CPU time (user + system) used so far by `pids` together.
+pub fn cpu_time(pids: &[i32]) -> Duration {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| {
+            let user: u64 = stat_field(*p, 11)?.parse().ok()?;
+            let system: u64 = stat_field(*p, 12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .sum();
+    // Linux reports clock ticks of 1/100 s (USER_HZ).
+    Duration::from_millis(ticks * 10)
+}
+
 /// Resident memory of `pids` together, bytes.
 pub fn rss_bytes(pids: &[i32]) -> u64 {
     pids.iter()
