@@ -534,6 +534,9 @@ fn print_workstation(w: &periphery_protocol::WorkstationInfo) {
             b as f64 / (1024.0 * 1024.0)
         );
     }
+    if let Some(c) = w.cpu_secs {
+        println!("  cpu       {c:.2} s used");
+    }
     println!("  detail    {}", w.detail);
     println!("  limits    {}", w.limits);
 }
