@@ -6,7 +6,8 @@ set -euo pipefail
 # Debian packages the build and the tests need.
 want_debs=(build-essential pkg-config iproute2 ca-certificates
   xvfb xterm openbox x11-utils x11-xserver-utils xfonts-base
-  qemu-system-x86 busybox-static linux-image-amd64)
+  qemu-system-x86 busybox-static linux-image-amd64
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev clang)
 # Where a command may come from a backport under another package name, the command decides.
 declare -A by_command=([qemu-img]=qemu-utils)
 missing=()
