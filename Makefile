@@ -36,7 +36,9 @@ bench: setup
 ## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
 fuzz:
 	./scripts/setup.sh fuzz
-	cd fuzz && $(FUZZ_ENV) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run control_stream -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && for t in control_stream media_streams; do \
+		$(FUZZ_ENV) $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -163,6 +163,13 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// How many more bytes complete the frame whose length prefix is buffered, if one is.
+    pub fn pending_len(&self) -> Option<usize> {
+        let h = self.buf.get(..HEADER_LEN)?;
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        Some((HEADER_LEN + len).saturating_sub(self.buf.len()))
+    }
 }
 
 /// Why bytes from a stream did not yield a message.

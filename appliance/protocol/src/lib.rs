@@ -7,6 +7,7 @@
 //!   maximum frame size and typed errors;
 //! - [`messages`]: the control stream's messages — [`ClientMessage`], [`ServerMessage`] and the
 //!   control API, [`Request`];
+//! - [`media`]: video frame streams and input messages, their validation and rate limit;
 //! - [`negotiate`]: the version handshake carried by [`Hello`];
 //! - [`pairing`]: the pairing code format and the transcript MACs that bind a SPAKE2 exchange
 //!   to the appliance certificate and the tablet's key;
@@ -15,6 +16,7 @@
 //! Transport: QUIC with ALPN [`ALPN`]; one bidirectional control stream per connection.
 
 pub mod frame;
+pub mod media;
 pub mod messages;
 pub mod pairing;
 
