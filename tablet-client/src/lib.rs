@@ -5,10 +5,12 @@
 //! - [`session`]: a control-stream session (connect, hello, requests);
 //! - [`pairing`]: pairing by code (SPAKE2) and by password;
 //! - [`home`]: the tablet's stored credentials;
-//! - [`discover`]: finding appliances by DNS-SD.
+//! - [`discover`]: finding appliances by DNS-SD;
+//! - [`viewer`]: attaching to a monitor: frames in, decoded in order, input out, statistics.
 
 pub mod discover;
 pub mod home;
 pub mod pairing;
 pub mod session;
 pub mod tls;
+pub mod viewer;

@@ -8,10 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use periphery_protocol::pairing::{fingerprint_matches, PairingCode};
-use periphery_protocol::{Identity, Request, Response};
+use periphery_protocol::{AttachMode, Identity, Request, Response};
 use periphery_tablet::home::Home;
 use periphery_tablet::pairing::FirstContact;
 use periphery_tablet::session::{resolve, Session};
+use periphery_tablet::viewer::Viewer;
 use periphery_tablet::{discover, tls};
 
 /// The Periphery tablet client.
@@ -69,6 +70,32 @@ enum Command {
     Stop {
         /// Workstation name.
         name: String,
+    },
+    /// Attach to a workstation: extend it with a monitor of this tablet's size, or mirror one.
+    Attach {
+        /// Workstation name.
+        name: String,
+        /// Extend: the workstation grows a monitor for this tablet (the default).
+        #[arg(long, conflicts_with = "mirror")]
+        extend: bool,
+        /// The size of this tablet's monitor when extending.
+        #[arg(long, default_value = "1280x800")]
+        size: String,
+        /// Mirror an existing monitor instead.
+        #[arg(long)]
+        mirror: Option<u32>,
+        /// Watch only: send no input.
+        #[arg(long)]
+        view_only: bool,
+        /// Decode without a window; print a stats line per second.
+        #[arg(long)]
+        headless: bool,
+        /// Save the latest frame as PNG when leaving.
+        #[arg(long)]
+        screenshot: Option<PathBuf>,
+        /// Leave after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
 }
 
@@ -210,6 +237,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             s.close().await;
         }
+        Command::Attach {
+            name,
+            extend: _,
+            size,
+            mirror,
+            view_only,
+            headless,
+            screenshot,
+            seconds,
+        } => {
+            if !headless {
+                anyhow::bail!("the window presenter is not available yet; use --headless");
+            }
+            let mode = match mirror {
+                Some(monitor) => AttachMode::Mirror { monitor },
+                None => {
+                    let (w, h) = size
+                        .split_once('x')
+                        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                        .context("--size is WIDTHxHEIGHT, like 2732x2048")?;
+                    AttachMode::Extend {
+                        width: w,
+                        height: h,
+                    }
+                }
+            };
+            let c = home.load()?;
+            let addr = resolve(&c.pairing.address).await?;
+            let config = tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)?;
+            let mut v = Viewer::attach(addr, config, &name, mode, view_only).await?;
+            let m = &v.attachment.monitor;
+            eprintln!(
+                "attached to {name} monitor {} ({}x{}); clock offset {:.1} ms",
+                m.id,
+                m.width,
+                m.height,
+                v.clock_offset_us() as f64 / 1000.0
+            );
+            let end = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    r = v.next_frame(Duration::from_millis(200)) => { r?; }
+                    _ = tick.tick() => {
+                        let st = v.take_stats();
+                        println!(
+                            "fps {:5.1}  latency p50 {:6.1} ms p99 {:6.1} ms  {:6.2} Mbit/s  dropped {}  frames {}  encoder {}",
+                            st.fps, st.p50_ms, st.p99_ms, st.mbit_s, st.dropped, st.total, v.encoder
+                        );
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+                if end.is_some_and(|e| tokio::time::Instant::now() >= e) {
+                    break;
+                }
+            }
+            if let Some(path) = screenshot {
+                let d = v.latest().context("no frame was decoded")?;
+                let bgra = periphery_media::i420_to_bgra(&d.image);
+                write_png(&path, d.image.width, d.image.height, &bgra)?;
+                eprintln!("saved frame {} to {}", d.header.sequence, path.display());
+            }
+            v.detach().await?;
+        }
         Command::Start { name } => {
             let mut s = connect(&home).await?;
             let r = s.request(Request::WorkstationStart { ws: name }).await?;
@@ -265,4 +357,18 @@ async fn connect(home: &Home) -> anyhow::Result<Session> {
         .with_context(|| format!("cannot resolve {}", c.pairing.address))?;
     let config = tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)?;
     Ok(Session::connect(addr, config).await?)
+}
+
+fn write_png(path: &std::path::Path, w: u32, h: u32, bgra: &[u8]) -> anyhow::Result<()> {
+    let rgb: Vec<u8> = bgra
+        .chunks_exact(4)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(&rgb)?;
+    Ok(())
 }

@@ -268,6 +268,61 @@ pub enum Request {
         /// Monitor id.
         monitor: u32,
     },
+    /// Attach this connection to a monitor of a running workstation (device): frames of that
+    /// monitor start arriving on unidirectional streams. Answer: [`Response::Attached`].
+    Attach {
+        /// `name` or `user/name`.
+        ws: String,
+        /// Extend (a new monitor of this size) or mirror (an existing monitor).
+        mode: AttachMode,
+        /// Watch only: input from this attachment is refused.
+        view_only: bool,
+    },
+    /// Stop receiving a monitor; an extended monitor is removed.
+    Detach {
+        /// The attachment.
+        attach_id: u64,
+    },
+    /// Ask for a keyframe (after a loss); rate-limited per monitor.
+    KeyframeRequest {
+        /// The attachment.
+        attach_id: u64,
+    },
+    /// Clock sample: the appliance answers with its own clock. Answer: [`Response::Pong`].
+    Ping {
+        /// The tablet's clock, microseconds.
+        client_time_us: u64,
+    },
+}
+
+/// How a tablet attaches to a workstation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttachMode {
+    /// The workstation grows a monitor of this size for this tablet.
+    Extend {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+    /// The tablet shows an existing monitor.
+    Mirror {
+        /// Monitor id.
+        monitor: u32,
+    },
+}
+
+/// What an attached tablet needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Names the attachment in later requests.
+    pub attach_id: u64,
+    /// The monitor shown.
+    pub monitor: MonitorInfo,
+    /// The session epoch to put in input messages.
+    pub epoch: u64,
+    /// The encoder in use, and why the others were passed over.
+    pub encoder: String,
 }
 
 impl Request {
@@ -295,6 +350,10 @@ impl Request {
             Request::MonitorAdd { .. } => "monitor-add",
             Request::MonitorRemove { .. } => "monitor-remove",
             Request::Screenshot { .. } => "screenshot",
+            Request::Attach { .. } => "attach",
+            Request::Detach { .. } => "detach",
+            Request::KeyframeRequest { .. } => "keyframe-request",
+            Request::Ping { .. } => "ping",
         }
     }
 }
@@ -334,6 +393,15 @@ pub enum Response {
     Workstation(WorkstationInfo),
     /// A PNG image.
     Png(Vec<u8>),
+    /// Attached.
+    Attached(Attachment),
+    /// The appliance's clock, microseconds since its start.
+    Pong {
+        /// Echoed.
+        client_time_us: u64,
+        /// The appliance's clock when it answered.
+        server_time_us: u64,
+    },
 }
 
 /// What a tablet receives when it is paired.
@@ -482,6 +550,23 @@ pub struct StatusReport {
     pub connections: Vec<ConnectionInfo>,
     /// Path of the state directory.
     pub state_dir: String,
+    /// Monitors being streamed.
+    pub streams: Vec<StreamInfo>,
+}
+
+/// A monitor being streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// Workstation, `user/name`.
+    pub workstation: String,
+    /// Monitor id.
+    pub monitor: u32,
+    /// The encoder and why the others were passed over.
+    pub encoder: String,
+    /// Tablets attached.
+    pub tablets: u32,
+    /// Frames encoded so far.
+    pub frames: u64,
 }
 
 /// Why a request failed.

@@ -19,7 +19,7 @@ use rand::RngCore;
 use periphery_protocol::pairing::{PairingCode, PakeState, SessionKey};
 use periphery_protocol::{
     ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, PairedDevice, Request,
-    Response, Role, StatusReport, UserInfo, WorkstationInfo,
+    Response, Role, StatusReport, StreamInfo, UserInfo, WorkstationInfo,
 };
 
 use crate::codes::{CodeRefused, PendingCodes};
@@ -30,6 +30,7 @@ use crate::store::{
     AddUserError, AddWorkstationError, AuditRecord, DeviceRecord, LookupError, Store, StoreError,
     UserRecord, WorkstationRecord,
 };
+use crate::streaming::Streaming;
 use crate::tls::{DeviceAllowList, DeviceStanding};
 use crate::workstations::{WorkstationOpError, Workstations};
 use periphery_workstation::spec::KernelBoot;
@@ -139,7 +140,11 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::WorkstationShow { .. }
         | Request::MonitorAdd { .. }
         | Request::MonitorRemove { .. }
-        | Request::Screenshot { .. } => paired(),
+        | Request::Screenshot { .. }
+        | Request::Attach { .. }
+        | Request::Detach { .. }
+        | Request::KeyframeRequest { .. }
+        | Request::Ping { .. } => paired(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. } => match caller {
@@ -158,6 +163,8 @@ pub struct Conversation {
     /// The caller.
     pub caller: Caller,
     pake: Option<PendingPake>,
+    /// The QUIC connection and its id, for streams (none on the admin socket).
+    pub conn: Option<(quinn::Connection, u64)>,
 }
 
 #[derive(Debug)]
@@ -170,7 +177,11 @@ struct PendingPake {
 impl Conversation {
     /// A new conversation with `caller`.
     pub fn new(caller: Caller) -> Self {
-        Self { caller, pake: None }
+        Self {
+            caller,
+            pake: None,
+            conn: None,
+        }
     }
 }
 
@@ -204,6 +215,8 @@ pub struct Appliance {
     pub discovery: Mutex<String>,
     /// Live workstations.
     pub workstations: Arc<Workstations>,
+    /// Live streams.
+    pub streaming: Arc<Streaming>,
 }
 
 /// Unix seconds now.
@@ -297,6 +310,7 @@ impl Appliance {
             started: Instant::now(),
             listening,
             discovery: Mutex::new("starting".into()),
+            streaming: Arc::new(Streaming::new(workstations.clone())),
             workstations,
         })
     }
@@ -575,6 +589,51 @@ impl Appliance {
                     .map_err(ws_op_err)?;
                 Ok(Response::Workstation(self.workstations.info(&rec)))
             }
+            Request::Attach {
+                ws,
+                mode,
+                view_only,
+            } => {
+                let Caller::Device { device, .. } = &conv.caller else {
+                    return Err(ApiError::new(ErrorCode::Forbidden, "attach is for tablets"));
+                };
+                let device_id = device.id.clone();
+                let Some((conn, conn_id)) = conv.conn.clone() else {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "attach needs a QUIC connection",
+                    ));
+                };
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                if self.workstations.monitors(&rec.id).is_none() {
+                    let rec = self.set_desired(&rec, true, actor.clone()).await?;
+                    self.workstations.start(&rec).await.map_err(|e| {
+                        ApiError::new(
+                            ErrorCode::Internal,
+                            format!("workstation {} did not start: {e}", rec.name),
+                        )
+                    })?;
+                }
+                let a = self
+                    .streaming
+                    .attach(conn, conn_id, &device_id, &rec, mode, view_only)
+                    .await?;
+                Ok(Response::Attached(a))
+            }
+            Request::Detach { attach_id } => {
+                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
+                self.streaming.detach(attach_id, conn_id).await?;
+                Ok(Response::Done)
+            }
+            Request::KeyframeRequest { attach_id } => {
+                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
+                self.streaming.keyframe_request(attach_id, conn_id)?;
+                Ok(Response::Done)
+            }
+            Request::Ping { client_time_us } => Ok(Response::Pong {
+                client_time_us,
+                server_time_us: self.streaming.now_us(),
+            }),
             Request::Screenshot { ws, monitor } => {
                 let rec = self.resolve_ws(&conv.caller, &ws).await?;
                 let png = self
@@ -1126,6 +1185,26 @@ impl Appliance {
 
     async fn status(&self) -> Result<Response, ApiError> {
         let discovery = lock(&self.discovery).clone();
+        let records = self
+            .blocking(|s| s.workstations())
+            .await
+            .map_err(internal)?;
+        let streams = self
+            .streaming
+            .status()
+            .into_iter()
+            .map(|p| StreamInfo {
+                workstation: records
+                    .iter()
+                    .find(|r| r.id == p.ws_id)
+                    .map(|r| format!("{}/{}", r.user, r.name))
+                    .unwrap_or(p.ws_id),
+                monitor: p.monitor,
+                encoder: p.encoder,
+                tablets: p.tablets as u32,
+                frames: p.encoded,
+            })
+            .collect();
         let users = self.user_infos().await?;
         let devices = self.device_infos().await?;
         let connections = lock(&self.connections)
@@ -1152,6 +1231,7 @@ impl Appliance {
             devices,
             connections,
             state_dir: self.config.state_dir.display().to_string(),
+            streams,
         }))
     }
 }

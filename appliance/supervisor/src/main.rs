@@ -14,6 +14,7 @@ mod limits;
 mod quic;
 mod serve;
 mod store;
+mod streaming;
 mod tls;
 mod workstations;
 
@@ -379,6 +380,13 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
             d.name,
             if d.revoked { "revoked" } else { "active" },
             if d.connected { ", connected" } else { "" }
+        );
+    }
+    println!("streams ({})", s.streams.len());
+    for st in &s.streams {
+        println!(
+            "  {} monitor {}: {} tablet(s), {} frames, encoder {}",
+            st.workstation, st.monitor, st.tablets, st.frames, st.encoder
         );
     }
     println!("connected tablets ({})", s.connections.len());

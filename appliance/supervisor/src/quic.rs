@@ -66,6 +66,10 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
         let id = app.register(remote, &caller);
         let unpaired = matches!(caller, Caller::Unpaired { .. });
         let mut conv = Conversation::new(caller);
+        if !unpaired {
+            conv.conn = Some((conn.clone(), id));
+            tokio::spawn(accept_input(app.clone(), conn.clone(), id));
+        }
         let outcome = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
             Err(_) => Err((CloseCode::Timeout, "no control stream".to_owned())),
             Ok(Err(e)) => {
@@ -102,9 +106,60 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
                 conn.close(code.as_u32().into(), reason.as_bytes());
             }
         }
+        app.streaming.connection_closed(id).await;
         app.unregister(id);
         tracing::debug!("disconnected");
     }
     .instrument(span)
     .await;
+}
+
+/// Reads the input streams a tablet opens and hands each event to the streaming layer, which
+/// validates and applies it. Rejected events are counted and logged at debug level: a
+/// misbehaving tablet cannot make the log grow without bound.
+async fn accept_input(app: Arc<Appliance>, conn: quinn::Connection, conn_id: u64) {
+    use periphery_protocol::media::{InputMessage, MAX_MEDIA_HEADER, STREAM_INPUT};
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut kind = [0u8; 1];
+            if recv.read_exact(&mut kind).await.is_err() || kind[0] != STREAM_INPUT {
+                let _ = recv.stop(quinn::VarInt::from_u32(
+                    CloseCode::ProtocolViolation.as_u32(),
+                ));
+                return;
+            }
+            let mut dec = periphery_protocol::MessageDecoder::<InputMessage>::new(MAX_MEDIA_HEADER);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut rejected = 0u64;
+            loop {
+                match recv.read(&mut buf).await {
+                    Ok(Some(n)) => dec.push(&buf[..n]),
+                    _ => break,
+                }
+                loop {
+                    match dec.next_message() {
+                        Ok(Some(msg)) => {
+                            if let Err(why) = app.streaming.input(conn_id, &msg) {
+                                rejected += 1;
+                                if rejected <= 3 {
+                                    tracing::debug!(%why, "input rejected");
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed input stream");
+                            let _ =
+                                recv.stop(quinn::VarInt::from_u32(CloseCode::Malformed.as_u32()));
+                            return;
+                        }
+                    }
+                }
+            }
+            if rejected > 0 {
+                tracing::info!(rejected, "input events rejected on this stream");
+            }
+        });
+    }
 }

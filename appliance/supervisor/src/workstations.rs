@@ -565,16 +565,66 @@ impl Workstations {
         .await
     }
 
-    /// Adds a monitor to a running workstation.
+    /// The record of workstation `id`, if it exists.
+    pub async fn record(&self, id: &str) -> Option<WorkstationRecord> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        blocking(move || store.workstations())
+            .await
+            .ok()?
+            .into_iter()
+            .find(|r| r.id == id)
+    }
+
+    /// A new frame source of monitor `monitor` of running workstation `id`.
+    pub fn frame_source(
+        &self,
+        id: &str,
+        monitor: u32,
+    ) -> Result<Box<dyn periphery_workstation::FrameSource>, WorkstationOpError> {
+        let handle = self
+            .handle(id)
+            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
+        let guard = lock(&handle);
+        let ws = guard
+            .as_ref()
+            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
+        ws.frame_source(monitor)
+            .map_err(|e| WorkstationOpError::Backend(chain(&e)))
+    }
+
+    /// A new input sink of running workstation `id`.
+    pub fn input_sink(
+        &self,
+        id: &str,
+    ) -> Result<Box<dyn periphery_workstation::InputSink>, WorkstationOpError> {
+        let handle = self
+            .handle(id)
+            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
+        let guard = lock(&handle);
+        let ws = guard
+            .as_ref()
+            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
+        ws.input_sink()
+            .map_err(|e| WorkstationOpError::Backend(chain(&e)))
+    }
+
+    /// Current monitors of running workstation `id`.
+    pub fn monitors(&self, id: &str) -> Option<Vec<periphery_workstation::Monitor>> {
+        let handle = self.handle(id)?;
+        let guard = lock(&handle);
+        guard.as_ref().map(|ws| ws.monitors())
+    }
+
+    /// Adds a monitor to a running workstation; returns it.
     pub async fn monitor_add(
         &self,
         rec: &WorkstationRecord,
         size: MonitorSize,
-    ) -> Result<(), WorkstationOpError> {
+    ) -> Result<periphery_workstation::Monitor, WorkstationOpError> {
         let max = self.settings.limits.max_monitors;
         self.with_running(rec, move |ws| {
             ws.add_monitor(size, max)
-                .map(|_| ())
                 .map_err(|e| WorkstationOpError::Backend(chain(&e)))
         })
         .await

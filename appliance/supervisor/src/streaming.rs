@@ -1,0 +1,649 @@
+//! Streaming: one encoder per watched monitor, its frames fanned out to every attached tablet.
+//!
+//! - A [`Pipeline`] exists while a monitor has at least one tablet: its own thread captures
+//!   (the monitor's `FrameSource`, which waits for damage), converts on all cores, encodes once
+//!   and hands the same bytes to every subscriber. Idle monitors encode nothing.
+//! - Each subscriber has a small channel. A tablet that cannot keep up fills it: it is marked
+//!   behind and skips to the next keyframe, which is requested (at most twice a second per
+//!   monitor). The pipeline never waits for a tablet, so a slow one cannot slow the others.
+//! - Per connection, a sender task puts each frame on its own unidirectional QUIC stream, newer
+//!   frames at higher priority, at most [`MAX_IN_FLIGHT`] at once; when a keyframe goes out,
+//!   older streams still in flight are reset.
+//! - Input from a tablet is applied only to the monitor it is attached to, never from a
+//!   view-only attachment, validated and rate-limited, through one input thread per workstation.
+//! - An extended monitor outlives its tablet's connection for [`RECONNECT_GRACE`]: the same
+//!   device attaching again gets it back; otherwise it is removed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use periphery_media::{bgra_to_i420, H264Encoder, I420};
+use periphery_protocol::media::{
+    encode_video_frame, CodecParams, InputLimiter, InputMessage, VideoFrameHeader, WireButton,
+    WireInput, WireTouch,
+};
+use periphery_protocol::{ApiError, AttachMode, Attachment, ErrorCode, MonitorInfo};
+use periphery_workstation::{InputEvent, MonitorSize, MouseButton, TouchPhase};
+
+use crate::store::WorkstationRecord;
+use crate::workstations::Workstations;
+
+/// Frames one tablet may have in flight.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// How long an extended monitor waits for its tablet to come back.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+/// Frames a subscriber's channel holds before it counts as behind.
+const CHANNEL: usize = 2;
+/// Encoder frame rate hint.
+const FPS: u32 = 60;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An encoded frame ready to send: the whole unidirectional stream's bytes.
+#[derive(Debug)]
+pub struct OutFrame {
+    /// Sequence number within the monitor.
+    pub sequence: u64,
+    /// Whether it is a keyframe.
+    pub keyframe: bool,
+    /// Stream kind, header and payload.
+    pub bytes: Vec<u8>,
+}
+
+struct Sub {
+    attach_id: u64,
+    tx: mpsc::Sender<Arc<OutFrame>>,
+    behind: bool,
+}
+
+/// One watched monitor.
+pub struct Pipeline {
+    ws_id: String,
+    monitor: u32,
+    subs: Mutex<Vec<Sub>>,
+    keyframe: AtomicBool,
+    last_key_request: Mutex<Option<Instant>>,
+    encoder: Mutex<String>,
+    encoded: AtomicU64,
+}
+
+impl Pipeline {
+    /// Asks for a keyframe, at most twice a second.
+    pub fn request_keyframe(&self) {
+        let mut last = lock(&self.last_key_request);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            *last = Some(Instant::now());
+            self.keyframe.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attached {
+    ws_id: String,
+    monitor: u32,
+    extended: bool,
+    view_only: bool,
+    conn_id: u64,
+    device_id: String,
+}
+
+type Pipelines = Arc<Mutex<HashMap<(String, u32), Arc<Pipeline>>>>;
+
+/// (device id, workstation id) of an extended monitor waiting for its tablet.
+type OrphanKey = (String, String);
+
+/// The appliance's streams.
+pub struct Streaming {
+    clock: Instant,
+    workstations: Arc<Workstations>,
+    pipelines: Pipelines,
+    attachments: Mutex<HashMap<u64, Attached>>,
+    /// Extended monitors whose tablet left.
+    orphans: Mutex<HashMap<OrphanKey, (u32, MonitorSize, Instant)>>,
+    inputs: Mutex<HashMap<String, std::sync::mpsc::Sender<(u32, InputEvent)>>>,
+    limiters: Mutex<HashMap<u64, InputLimiter>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+/// What status shows about one watched monitor.
+#[derive(Debug, Clone)]
+pub struct PipelineStatus {
+    /// Workstation id.
+    pub ws_id: String,
+    /// Monitor.
+    pub monitor: u32,
+    /// Encoder and why.
+    pub encoder: String,
+    /// Tablets attached.
+    pub tablets: usize,
+    /// Frames encoded so far.
+    pub encoded: u64,
+}
+
+impl Streaming {
+    /// Streams of `workstations`.
+    pub fn new(workstations: Arc<Workstations>) -> Self {
+        Self {
+            clock: Instant::now(),
+            workstations,
+            pipelines: Arc::new(Mutex::new(HashMap::new())),
+            attachments: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
+            inputs: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The appliance clock: microseconds since start.
+    pub fn now_us(&self) -> u64 {
+        self.clock.elapsed().as_micros() as u64
+    }
+
+    /// The watched monitors.
+    pub fn status(&self) -> Vec<PipelineStatus> {
+        lock(&self.pipelines)
+            .values()
+            .map(|p| PipelineStatus {
+                ws_id: p.ws_id.clone(),
+                monitor: p.monitor,
+                encoder: lock(&p.encoder).clone(),
+                tablets: lock(&p.subs).len(),
+                encoded: p.encoded.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Attaches a connection to a monitor of running workstation `rec`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach(
+        &self,
+        conn: quinn::Connection,
+        conn_id: u64,
+        device_id: &str,
+        rec: &WorkstationRecord,
+        mode: AttachMode,
+        view_only: bool,
+    ) -> Result<Attachment, ApiError> {
+        let bad = |m: String| ApiError::new(ErrorCode::InvalidArgument, m);
+        let monitors = self.workstations.monitors(&rec.id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::OutOfOrder,
+                format!("workstation {} is not running", rec.name),
+            )
+        })?;
+        let (monitor, extended) = match mode {
+            AttachMode::Mirror { monitor } => {
+                let m = monitors
+                    .iter()
+                    .find(|m| m.id == monitor)
+                    .copied()
+                    .ok_or_else(|| bad(format!("no monitor {monitor}")))?;
+                (m, false)
+            }
+            AttachMode::Extend { width, height } => {
+                let size = MonitorSize { width, height };
+                let key = (device_id.to_owned(), rec.id.clone());
+                let reclaimed = match lock(&self.orphans).remove(&key) {
+                    Some((id, s, _)) if s == size => monitors.iter().find(|m| m.id == id).copied(),
+                    _ => None,
+                };
+                match reclaimed {
+                    Some(m) => (m, true),
+                    None => (
+                        self.workstations
+                            .monitor_add(rec, size)
+                            .await
+                            .map_err(|e| bad(e.to_string()))?,
+                        true,
+                    ),
+                }
+            }
+        };
+        let attach_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let pipeline = {
+            let mut map = lock(&self.pipelines);
+            let p = map
+                .entry((rec.id.clone(), monitor.id))
+                .or_insert_with(|| {
+                    let p = Arc::new(Pipeline {
+                        ws_id: rec.id.clone(),
+                        monitor: monitor.id,
+                        subs: Mutex::new(Vec::new()),
+                        keyframe: AtomicBool::new(true),
+                        last_key_request: Mutex::new(None),
+                        encoder: Mutex::new("starting".into()),
+                        encoded: AtomicU64::new(0),
+                    });
+                    let (p2, ws, map2, clock) = (
+                        p.clone(),
+                        self.workstations.clone(),
+                        self.pipelines.clone(),
+                        self.clock,
+                    );
+                    std::thread::Builder::new()
+                        .name(format!("encode-{}-{}", rec.id, monitor.id))
+                        .spawn(move || run_pipeline(p2, ws, map2, clock))
+                        .map(|_| ())
+                        .unwrap_or_else(
+                            |e| tracing::error!(error = %e, "cannot start an encoder thread"),
+                        );
+                    p
+                })
+                .clone();
+            lock(&p.subs).push(Sub {
+                attach_id,
+                tx,
+                behind: true,
+            });
+            p
+        };
+        // A tablet joining gets a keyframe promptly.
+        pipeline.keyframe.store(true, Ordering::Relaxed);
+        tokio::spawn(send_frames(conn, rx, pipeline.clone()));
+        lock(&self.attachments).insert(
+            attach_id,
+            Attached {
+                ws_id: rec.id.clone(),
+                monitor: monitor.id,
+                extended,
+                view_only,
+                conn_id,
+                device_id: device_id.to_owned(),
+            },
+        );
+        tracing::info!(ws = %rec.id, monitor = monitor.id, attach_id, extended, view_only, "tablet attached");
+        let encoder = lock(&pipeline.encoder).clone();
+        Ok(Attachment {
+            attach_id,
+            monitor: MonitorInfo {
+                id: monitor.id,
+                x: monitor.x,
+                y: monitor.y,
+                width: monitor.width,
+                height: monitor.height,
+            },
+            epoch: 1,
+            encoder,
+        })
+    }
+
+    fn unsubscribe(&self, attach_id: u64) -> Option<Attached> {
+        let a = lock(&self.attachments).remove(&attach_id)?;
+        if let Some(p) = lock(&self.pipelines).get(&(a.ws_id.clone(), a.monitor)) {
+            lock(&p.subs).retain(|s| s.attach_id != attach_id);
+        }
+        lock(&self.limiters).remove(&attach_id);
+        Some(a)
+    }
+
+    /// Detaches on request: an extended monitor goes at once.
+    pub async fn detach(&self, attach_id: u64, conn_id: u64) -> Result<(), ApiError> {
+        let owned = lock(&self.attachments)
+            .get(&attach_id)
+            .is_some_and(|a| a.conn_id == conn_id);
+        if !owned {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no attachment {attach_id} on this connection"),
+            ));
+        }
+        if let Some(a) = self.unsubscribe(attach_id) {
+            if a.extended {
+                self.remove_monitor(&a.ws_id, a.monitor).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_monitor(&self, ws_id: &str, monitor: u32) {
+        if let Some(rec) = self.workstations.record(ws_id).await {
+            if let Err(e) = self.workstations.monitor_remove(&rec, monitor).await {
+                tracing::debug!(ws = ws_id, monitor, error = %e, "extended monitor already gone");
+            }
+        }
+    }
+
+    /// A connection ended: its attachments go; extended monitors wait for the device to return.
+    pub async fn connection_closed(self: &Arc<Self>, conn_id: u64) {
+        let ids: Vec<u64> = lock(&self.attachments)
+            .iter()
+            .filter(|(_, a)| a.conn_id == conn_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(a) = self.unsubscribe(id) else {
+                continue;
+            };
+            if !a.extended {
+                continue;
+            }
+            let size = self
+                .workstations
+                .monitors(&a.ws_id)
+                .and_then(|ms| ms.into_iter().find(|m| m.id == a.monitor))
+                .map(|m| MonitorSize {
+                    width: m.width,
+                    height: m.height,
+                });
+            let Some(size) = size else {
+                continue;
+            };
+            let key = (a.device_id.clone(), a.ws_id.clone());
+            let since = Instant::now();
+            lock(&self.orphans).insert(key.clone(), (a.monitor, size, since));
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RECONNECT_GRACE).await;
+                let expired = {
+                    let mut o = lock(&me.orphans);
+                    match o.get(&key) {
+                        Some((_, _, t)) if *t == since => o.remove(&key),
+                        _ => None,
+                    }
+                };
+                if let Some((monitor, _, _)) = expired {
+                    tracing::info!(ws = %key.1, monitor, "extended monitor removed: its tablet did not come back");
+                    me.remove_monitor(&key.1, monitor).await;
+                }
+            });
+        }
+    }
+
+    /// A keyframe for an attachment of this connection.
+    pub fn keyframe_request(&self, attach_id: u64, conn_id: u64) -> Result<(), ApiError> {
+        let a = lock(&self.attachments)
+            .get(&attach_id)
+            .filter(|a| a.conn_id == conn_id)
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such attachment"))?;
+        if let Some(p) = lock(&self.pipelines).get(&(a.ws_id, a.monitor)) {
+            p.request_keyframe();
+        }
+        Ok(())
+    }
+
+    /// Input from connection `conn_id`: applied if it targets a monitor this connection is
+    /// attached to with control, lies inside it, and fits the rate limit.
+    pub fn input(&self, conn_id: u64, msg: &InputMessage) -> Result<(), String> {
+        let (attach_id, a) = lock(&self.attachments)
+            .iter()
+            .find(|(_, a)| a.conn_id == conn_id && a.monitor == msg.monitor)
+            .map(|(id, a)| (*id, a.clone()))
+            .ok_or_else(|| format!("not attached to monitor {}", msg.monitor))?;
+        if a.view_only {
+            return Err("this attachment is view-only".into());
+        }
+        let monitor = self
+            .workstations
+            .monitors(&a.ws_id)
+            .and_then(|ms| ms.into_iter().find(|m| m.id == a.monitor))
+            .ok_or("the monitor is gone")?;
+        msg.validate(monitor.width, monitor.height)
+            .map_err(|e| e.to_string())?;
+        let allowed = lock(&self.limiters)
+            .entry(attach_id)
+            .or_insert_with(|| InputLimiter::new(2000, 500))
+            .allow(Instant::now());
+        if !allowed {
+            return Err("input rate limit".into());
+        }
+        let tx = {
+            let mut inputs = lock(&self.inputs);
+            inputs
+                .entry(a.ws_id.clone())
+                .or_insert_with(|| spawn_input_thread(self.workstations.clone(), a.ws_id.clone()))
+                .clone()
+        };
+        if tx.send((msg.monitor, to_event(&msg.event))).is_err() {
+            lock(&self.inputs).remove(&a.ws_id);
+            return Err("the workstation's input is gone".into());
+        }
+        Ok(())
+    }
+}
+
+fn to_event(e: &WireInput) -> InputEvent {
+    match *e {
+        WireInput::Key { keysym, down } => InputEvent::Key { keysym, down },
+        WireInput::PointerMove { x, y } => InputEvent::PointerMove { x, y },
+        WireInput::Button { button, down } => InputEvent::Button {
+            button: match button {
+                WireButton::Left => MouseButton::Left,
+                WireButton::Middle => MouseButton::Middle,
+                WireButton::Right => MouseButton::Right,
+            },
+            down,
+        },
+        WireInput::Scroll { dx, dy } => InputEvent::Scroll { dx, dy },
+        WireInput::Touch { id, phase, x, y } => InputEvent::Touch {
+            id,
+            phase: match phase {
+                WireTouch::Start => TouchPhase::Start,
+                WireTouch::Move => TouchPhase::Move,
+                WireTouch::End => TouchPhase::End,
+            },
+            x,
+            y,
+        },
+    }
+}
+
+fn spawn_input_thread(
+    workstations: Arc<Workstations>,
+    ws_id: String,
+) -> std::sync::mpsc::Sender<(u32, InputEvent)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, InputEvent)>();
+    let _ = std::thread::Builder::new()
+        .name(format!("input-{ws_id}"))
+        .spawn(move || {
+            let mut sink = match workstations.input_sink(&ws_id) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(ws = %ws_id, error = %e, "no input sink");
+                    return;
+                }
+            };
+            while let Ok((monitor, ev)) = rx.recv() {
+                if let Err(e) = sink.send(monitor, &ev) {
+                    tracing::debug!(ws = %ws_id, error = %e, "input not delivered");
+                    if matches!(e, periphery_workstation::InputError::Connection(_)) {
+                        return;
+                    }
+                }
+            }
+        });
+    tx
+}
+
+fn run_pipeline(
+    p: Arc<Pipeline>,
+    workstations: Arc<Workstations>,
+    pipelines: Pipelines,
+    clock: Instant,
+) {
+    let key = (p.ws_id.clone(), p.monitor);
+    let mut source = match workstations.frame_source(&p.ws_id, p.monitor) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(ws = %p.ws_id, monitor = p.monitor, error = %e, "cannot capture");
+            lock(&pipelines).remove(&key);
+            return;
+        }
+    };
+    let threads = periphery_media::convert::default_threads();
+    let mut enc: Option<H264Encoder> = None;
+    let mut img = I420::new(2, 2);
+    let mut sequence = 0u64;
+    loop {
+        if lock(&p.subs).is_empty() {
+            let mut map = lock(&pipelines);
+            if lock(&p.subs).is_empty() {
+                map.remove(&key);
+                break;
+            }
+        }
+        if p.keyframe.load(Ordering::Relaxed) {
+            source.request_full();
+        }
+        let frame = match source.next_frame(Duration::from_millis(100)) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::info!(ws = %p.ws_id, monitor = p.monitor, error = %e, "capture ended");
+                lock(&pipelines).remove(&key);
+                break;
+            }
+        };
+        let (w, h) = (frame.width & !1, frame.height & !1);
+        let mut force = p.keyframe.swap(false, Ordering::Relaxed);
+        if enc
+            .as_ref()
+            .is_none_or(|_| (img.width, img.height) != (w, h))
+        {
+            match H264Encoder::probe(w, h, FPS) {
+                Ok(e) => {
+                    *lock(&p.encoder) = e.report().to_string();
+                    enc = Some(e);
+                    img = I420::new(w, h);
+                    force = true;
+                }
+                Err(e) => {
+                    tracing::error!(ws = %p.ws_id, error = %e, "no encoder; the monitor is not streamed");
+                    lock(&pipelines).remove(&key);
+                    break;
+                }
+            }
+        }
+        let Some(encoder) = enc.as_mut() else { break };
+        let captured_us = frame
+            .captured_at
+            .saturating_duration_since(clock)
+            .as_micros() as u64;
+        bgra_to_i420(frame.data, frame.stride, &mut img, threads);
+        let packets = match encoder.encode(&img, captured_us as i64, force) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "encode failed");
+                continue;
+            }
+        };
+        let name = encoder.report().name.clone();
+        for pkt in packets {
+            sequence += 1;
+            let header = VideoFrameHeader {
+                monitor: p.monitor,
+                sequence,
+                capture_time_us: captured_us,
+                keyframe: pkt.key,
+                codec: pkt.key.then(|| CodecParams {
+                    codec: "h264".into(),
+                    encoder: name.clone(),
+                    width: w,
+                    height: h,
+                }),
+            };
+            let out = Arc::new(OutFrame {
+                sequence,
+                keyframe: pkt.key,
+                bytes: encode_video_frame(&header, &pkt.data),
+            });
+            p.encoded.fetch_add(1, Ordering::Relaxed);
+            fan_out(&p, &out);
+        }
+    }
+}
+
+fn fan_out(p: &Pipeline, frame: &Arc<OutFrame>) {
+    let mut want_key = false;
+    lock(&p.subs).retain_mut(|s| {
+        if s.behind && !frame.keyframe {
+            return true;
+        }
+        match s.tx.try_send(frame.clone()) {
+            Ok(()) => {
+                s.behind = false;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.behind = true;
+                want_key = true;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
+    if want_key {
+        p.request_keyframe();
+    }
+}
+
+/// Sends one tablet's frames, each on its own stream.
+async fn send_frames(
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Arc<OutFrame>>,
+    pipeline: Arc<Pipeline>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let (reset_tx, reset_rx) = watch::channel(0u64);
+    let mut skipping = false;
+    while let Some(frame) = rx.recv().await {
+        if frame.keyframe {
+            // Everything older still in flight is obsolete now.
+            reset_tx.send_replace(frame.sequence);
+            skipping = false;
+        } else if skipping {
+            continue;
+        }
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if frame.keyframe => match permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            Err(_) => {
+                // Too many frames in flight: this tablet is behind. Skip to a keyframe.
+                skipping = true;
+                pipeline.request_keyframe();
+                continue;
+            }
+        };
+        let conn2 = conn.clone();
+        let mut reset = reset_rx.clone();
+        tokio::spawn(async move {
+            let conn = conn2;
+            let _permit = permit;
+            let Ok(mut s) = conn.open_uni().await else {
+                return;
+            };
+            let _ = s.set_priority((frame.sequence % i32::MAX as u64) as i32);
+            tokio::select! {
+                r = s.write_all(&frame.bytes) => {
+                    if r.is_ok() {
+                        let _ = s.finish();
+                    }
+                }
+                _ = reset.wait_for(|newest_key| *newest_key > frame.sequence) => {
+                    let _ = s.reset(quinn::VarInt::from_u32(1));
+                }
+            }
+        });
+        if conn.close_reason().is_some() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Streaming to several tablets of one user: real Xvfb, real encode and decode, real QUIC.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use periphery_e2e::{wait_for, Daemon, DaemonOptions, Tablet};
+use periphery_protocol::media::{WireButton, WireInput};
+use periphery_protocol::AttachMode;
+use periphery_tablet::home::Home;
+use periphery_tablet::viewer::{Viewer, ViewerError};
+use periphery_workstation::input::keysym_for_char;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    d: Daemon,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("state"), DaemonOptions::default());
+    d.ok(&["user", "add", "alice", "--no-password"]);
+    d.ok(&["user", "add", "bob", "--no-password"]);
+    d.ok(&[
+        "ws",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "design",
+        "--monitors",
+        "1024x768",
+    ]);
+    d.ok(&["ws", "start", "design"]);
+    Setup { dir, d }
+}
+
+fn tablet(s: &Setup, name: &str, user: &str) -> Tablet {
+    let t = Tablet::new(&s.dir.path().join(name));
+    t.pair(&s.d, &s.d.pair_code(user));
+    t
+}
+
+async fn view(
+    s: &Setup,
+    t: &Tablet,
+    mode: AttachMode,
+    view_only: bool,
+) -> Result<Viewer, ViewerError> {
+    let c = Home::new(t.home.clone()).load().unwrap();
+    let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
+    Viewer::attach(s.d.banner.addr, cfg, "design", mode, view_only).await
+}
+
+fn home_of(s: &Setup) -> PathBuf {
+    let homes = s.d.state.join("homes");
+    std::fs::read_dir(&homes)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// Waits for a decoded frame and returns its size.
+async fn first_frame(v: &mut Viewer) -> (u32, u32) {
+    let f = v
+        .next_frame(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a frame");
+    (f.image.width, f.image.height)
+}
+
+async fn type_text(v: &mut Viewer, text: &str) {
+    for c in text.chars() {
+        let keysym = keysym_for_char(c);
+        for down in [true, false] {
+            v.send_input(WireInput::Key { keysym, down }).await.unwrap();
+        }
+    }
+}
+
+/// Clicks the middle of monitor 0, where openbox centres the terminal.
+async fn click_terminal(v: &mut Viewer) {
+    v.send_input(WireInput::PointerMove { x: 512, y: 384 })
+        .await
+        .unwrap();
+    for down in [true, false] {
+        v.send_input(WireInput::Button {
+            button: WireButton::Left,
+            down,
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// Decodes until the screen has been still for `quiet`; returns the last picture as BGRA.
+async fn still_picture(v: &mut Viewer, quiet: Duration) -> (u32, u32, Vec<u8>) {
+    loop {
+        if v.next_frame(quiet).await.unwrap().is_none() {
+            let d = v.latest().expect("a frame");
+            return (
+                d.image.width,
+                d.image.height,
+                periphery_media::i420_to_bgra(&d.image),
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tablets_see_their_own_monitors_and_type_into_the_desktop() {
+    let s = setup();
+    let (ta, tb, tc) = (
+        tablet(&s, "a", "alice"),
+        tablet(&s, "b", "alice"),
+        tablet(&s, "c", "alice"),
+    );
+    let mut a = view(
+        &s,
+        &ta,
+        AttachMode::Extend {
+            width: 800,
+            height: 600,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let mut b = view(
+        &s,
+        &tb,
+        AttachMode::Extend {
+            width: 640,
+            height: 480,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let mut c = view(&s, &tc, AttachMode::Mirror { monitor: 0 }, false)
+        .await
+        .unwrap();
+    assert_ne!(a.attachment.monitor.id, b.attachment.monitor.id);
+    assert_eq!(c.attachment.monitor.id, 0);
+    assert_eq!(first_frame(&mut a).await, (800, 600));
+    assert_eq!(first_frame(&mut b).await, (640, 480));
+    assert_eq!(first_frame(&mut c).await, (1024, 768));
+    let show = s.d.ok(&["ws", "show", "design"]);
+    assert!(
+        show.contains("800x600") && show.contains("640x480"),
+        "{show}"
+    );
+    let status = s.d.ok(&["status"]);
+    assert!(
+        status.contains("streams (3)") && status.contains("encoder libx264"),
+        "{status}"
+    );
+
+    // What the mirroring tablet decoded is what the monitor shows.
+    let (w, h, decoded) = still_picture(&mut c, Duration::from_millis(1500)).await;
+    let png = s.dir.path().join("m0.png");
+    s.d.ok(&[
+        "ws",
+        "screenshot",
+        "design",
+        "--monitor",
+        "0",
+        png.to_str().unwrap(),
+    ]);
+    let (sw, sh, rgb) =
+        periphery_workstation::png::decode_rgb(&std::fs::read(&png).unwrap()).unwrap();
+    assert_eq!((sw, sh), (w, h));
+    let shot: Vec<u8> = rgb
+        .chunks(3)
+        .flat_map(|p| [p[2], p[1], p[0], 255])
+        .collect();
+    let psnr = periphery_media::psnr_bgra(
+        &decoded,
+        w as usize * 4,
+        &shot,
+        w as usize * 4,
+        w as usize,
+        h as usize,
+    );
+    println!("decoded vs captured: PSNR {psnr:.1} dB");
+    assert!(psnr >= 35.0, "PSNR {psnr:.1} dB");
+
+    // Typing from the mirroring tablet reaches the terminal; the change comes back as frames.
+    click_terminal(&mut c).await;
+    type_text(&mut c, "echo streamed > ~/probe\n").await;
+    let probe = home_of(&s).join("probe");
+    wait_for("the typed file", Duration::from_secs(30), || {
+        std::fs::read_to_string(&probe)
+            .ok()
+            .filter(|t| t == "streamed\n")
+    });
+    assert!(c
+        .next_frame(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .is_some());
+
+    // Detaching an extended tablet removes its monitor.
+    let gone = a.attachment.monitor.id;
+    a.detach().await.unwrap();
+    let show = s.d.ok(&["ws", "show", "design"]);
+    assert!(!show.contains(&format!("monitor {gone} ")), "{show}");
+    b.detach().await.unwrap();
+    c.detach().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_attach_and_viewers_cannot_type() {
+    let s = setup();
+    let bob = tablet(&s, "bob", "bob");
+    let e = view(&s, &bob, AttachMode::Mirror { monitor: 0 }, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no workstation 'design'"), "{e}");
+    let e = {
+        let c = Home::new(bob.home.clone()).load().unwrap();
+        let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
+        Viewer::attach(
+            s.d.banner.addr,
+            cfg,
+            "alice/design",
+            AttachMode::Mirror { monitor: 0 },
+            false,
+        )
+        .await
+        .unwrap_err()
+    };
+    assert!(e.to_string().contains("only use your own"), "{e}");
+
+    let tv = tablet(&s, "viewer", "alice");
+    let tc = tablet(&s, "controller", "alice");
+    let mut viewer = view(&s, &tv, AttachMode::Mirror { monitor: 0 }, true)
+        .await
+        .unwrap();
+    let mut controller = view(&s, &tc, AttachMode::Mirror { monitor: 0 }, false)
+        .await
+        .unwrap();
+    first_frame(&mut viewer).await;
+    click_terminal(&mut viewer).await;
+    type_text(&mut viewer, "echo viewer > ~/bad\n").await;
+    click_terminal(&mut controller).await;
+    type_text(&mut controller, "echo controller > ~/good\n").await;
+    let home = home_of(&s);
+    wait_for("the controller's file", Duration::from_secs(30), || {
+        std::fs::read_to_string(home.join("good"))
+            .ok()
+            .filter(|t| t == "controller\n")
+    });
+    assert!(
+        !home.join("bad").exists(),
+        "a view-only tablet's input reached the desktop"
+    );
+    viewer.detach().await.unwrap();
+    controller.detach().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_flooding_input_is_bounded_and_the_desktop_keeps_serving() {
+    let s = setup();
+    let t = tablet(&s, "t", "alice");
+    let mut v = view(&s, &t, AttachMode::Mirror { monitor: 0 }, false)
+        .await
+        .unwrap();
+    first_frame(&mut v).await;
+    for ev in [
+        WireInput::PointerMove { x: 5000, y: 10 },
+        WireInput::PointerMove { x: -3, y: 10 },
+        WireInput::Key {
+            keysym: 0x7fff_ffff,
+            down: true,
+        },
+        WireInput::Scroll {
+            dx: 0,
+            dy: 1_000_000,
+        },
+    ] {
+        v.send_input(ev).await.unwrap();
+    }
+    // A flood: 100k pointer moves as fast as the stream takes them.
+    for i in 0..100_000i32 {
+        v.send_input(WireInput::PointerMove {
+            x: i % 1024,
+            y: (i / 1024) % 768,
+        })
+        .await
+        .unwrap();
+    }
+    // The flooding tablet is bounded, not served blindly: its stream is still read and it still
+    // receives frames; the desktop keeps serving another tablet's typing.
+    assert!(v.next_frame(Duration::from_secs(10)).await.is_ok());
+    v.detach().await.unwrap();
+    let t2 = tablet(&s, "t2", "alice");
+    let mut other = view(&s, &t2, AttachMode::Mirror { monitor: 0 }, false)
+        .await
+        .unwrap();
+    first_frame(&mut other).await;
+    click_terminal(&mut other).await;
+    type_text(&mut other, "echo alive > ~/alive\n").await;
+    let home = home_of(&s);
+    wait_for("typing after the flood", Duration::from_secs(60), || {
+        std::fs::read_to_string(home.join("alive"))
+            .ok()
+            .filter(|t| t == "alive\n")
+    });
+    assert!(s.d.ok(&["ws", "show", "design"]).contains("running"));
+    wait_for("the rejections reported", Duration::from_secs(10), || {
+        s.d.log().contains("input events rejected").then_some(())
+    });
+    other.detach().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_monitor_survives_a_short_disconnect_and_goes_after_the_grace() {
+    let s = setup();
+    let t = tablet(&s, "t", "alice");
+    let ext = AttachMode::Extend {
+        width: 800,
+        height: 600,
+    };
+    let mut v = view(&s, &t, ext.clone(), false).await.unwrap();
+    first_frame(&mut v).await;
+    let id = v.attachment.monitor.id;
+    v.abandon();
+    // Back within the grace: the same monitor, and frames again.
+    let mut v = view(&s, &t, ext.clone(), false).await.unwrap();
+    assert_eq!(v.attachment.monitor.id, id);
+    assert_eq!(first_frame(&mut v).await, (800, 600));
+    v.abandon();
+    // Not back: the monitor goes.
+    let mon = format!("monitor {id}  800x600");
+    wait_for(
+        "the monitor removed after the grace",
+        Duration::from_secs(40),
+        || (!s.d.ok(&["ws", "show", "design"]).contains(&mon)).then_some(()),
+    );
+    let _ = Path::new("");
+}
