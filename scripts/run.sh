@@ -13,6 +13,14 @@ periphery=target/debug/periphery
 tablet=target/debug/periphery-tablet
 mkdir -p "$run_dir"
 
+# The demo desktop runs top in a terminal, so the stream has something live to show.
+mkdir -p "$state"
+if [ ! -f "$state/periphery.toml" ]; then
+  cat > "$state/periphery.toml" <<'TOML'
+[workstations]
+session = ["xterm", "-geometry", "100x32", "-e", "top", "-d", "1"]
+TOML
+fi
 serve_args=(--state-dir "$state" serve)
 [ -n "${PUBLIC:-}" ] && serve_args+=(--public)
 "$periphery" "${serve_args[@]}" &
@@ -34,13 +42,22 @@ if [ ! -f "$tablet_home/appliance.toml" ]; then
   code=$("$periphery" --state-dir "$state" device pair-code --user demo 2>/dev/null)
   "$tablet" --home "$tablet_home" pair "127.0.0.1:$port" --code "$code" --name local-tablet
 fi
+if ! "$periphery" --state-dir "$state" ws list | grep -q '^demo/desktop '; then
+  "$periphery" --state-dir "$state" ws create --user demo --name desktop --monitors 1280x800 >/dev/null
+fi
 echo
 echo "local tablet ($tablet_home):"
 "$tablet" --home "$tablet_home" whoami
 "$tablet" --home "$tablet_home" workstations
 echo
-echo "The appliance is running (state in $state). Try:"
+echo "The appliance is running (state in $state). Try, in another terminal:"
 echo "  $periphery --state-dir $state status"
+echo "  $periphery --state-dir $state ws screenshot desktop out.png"
 echo "  $periphery --state-dir $state device pair-code --user demo"
-echo "Ctrl-C stops it."
+echo "The local tablet now mirrors the demo desktop (headless: the window presenter is not"
+echo "built yet); it prints a stats line per second and saves $run_dir/tablet.png on Ctrl-C."
+echo
+trap 'kill -INT $viewer 2>/dev/null; wait $viewer 2>/dev/null; kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null; exit 0' INT TERM
+"$tablet" --home "$tablet_home" attach desktop --mirror 0 --headless --screenshot "$run_dir/tablet.png" &
+viewer=$!
 wait $daemon

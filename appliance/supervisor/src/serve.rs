@@ -104,10 +104,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));
     let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    // The terminal going away (SIGHUP) is a shutdown too, and a clean one: workstations are
+    // stopped, not orphaned.
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
     tracing::info!("shutting down");
     let _ = tx.send(true);
