@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -88,6 +90,7 @@ pub struct Viewer {
     window_latency: Vec<f64>,
     total: u64,
     latest: Option<Decoded>,
+    read_delay_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Viewer {
@@ -111,7 +114,12 @@ impl Viewer {
         let clock = Instant::now();
         let offset_us = measure_offset(&mut session, clock).await?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(accept_frames(session.conn.clone(), tx));
+        let read_delay_ms = Arc::new(AtomicU64::new(0));
+        tokio::spawn(accept_frames(
+            session.conn.clone(),
+            tx,
+            read_delay_ms.clone(),
+        ));
         let reply = session
             .request(Request::Attach {
                 ws: ws.to_owned(),
@@ -142,7 +150,15 @@ impl Viewer {
             window_latency: Vec::new(),
             total: 0,
             latest: None,
+            read_delay_ms,
         })
+    }
+
+    /// Makes this tablet slow: it waits `delay` before reading each frame stream (tests, and
+    /// to try what a weak network does). Zero restores normal reading.
+    pub fn set_read_delay(&self, delay: Duration) {
+        self.read_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn now_us(&self) -> i64 {
@@ -365,9 +381,18 @@ async fn measure_offset(session: &mut Session, clock: Instant) -> Result<i64, Vi
 }
 
 /// Accepts frame streams and reads each fully, concurrently.
-async fn accept_frames(conn: quinn::Connection, tx: mpsc::Sender<Result<VideoFrame, ()>>) {
+async fn accept_frames(
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Result<VideoFrame, ()>>,
+    read_delay_ms: Arc<AtomicU64>,
+) {
     while let Ok(mut recv) = conn.accept_uni().await {
         let tx = tx.clone();
+        let delay = Duration::from_millis(read_delay_ms.load(Ordering::Relaxed));
+        if !delay.is_zero() {
+            // Slow tablet: streams wait, so QUIC flow control pushes back on the appliance.
+            tokio::time::sleep(delay).await;
+        }
         tokio::spawn(async move {
             let mut reader = VideoFrameReader::default();
             let mut buf = vec![0u8; 64 * 1024];

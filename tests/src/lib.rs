@@ -211,7 +211,21 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Shuts the daemon down as a user would (SIGTERM), so that it stops its workstations; a
+    /// SIGKILL would orphan them. SIGKILL only if it does not exit in time.
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -344,3 +344,78 @@ async fn an_extended_monitor_survives_a_short_disconnect_and_goes_after_the_grac
     );
     let _ = Path::new("");
 }
+
+/// Decoded frames per second over `span`.
+async fn fps(v: &mut Viewer, span: Duration) -> f64 {
+    let _ = v.take_stats();
+    let end = tokio::time::Instant::now() + span;
+    while tokio::time::Instant::now() < end {
+        let left = end - tokio::time::Instant::now();
+        let _ = v
+            .next_frame(left.min(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    }
+    let st = v.take_stats();
+    st.fps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tablet_does_not_slow_the_others_and_recovers_at_a_keyframe() {
+    let s = setup();
+    let (ta, tb, ts) = (
+        tablet(&s, "a", "alice"),
+        tablet(&s, "b", "alice"),
+        tablet(&s, "s", "alice"),
+    );
+    let mirror = AttachMode::Mirror { monitor: 0 };
+    let mut a = view(&s, &ta, mirror.clone(), false).await.unwrap();
+    let mut b = view(&s, &tb, mirror.clone(), false).await.unwrap();
+    first_frame(&mut a).await;
+    first_frame(&mut b).await;
+    // Moving content: the terminal prints without pause.
+    click_terminal(&mut a).await;
+    type_text(&mut a, "while :; do date +%N; done\n").await;
+
+    // Baseline: a and b alone (each reads while the other's frames queue in its own channel).
+    let (base_a, base_b) = tokio::join!(
+        fps(&mut a, Duration::from_secs(3)),
+        fps(&mut b, Duration::from_secs(3))
+    );
+    println!("baseline: a {base_a:.1} fps, b {base_b:.1} fps");
+    assert!(base_a > 3.0, "the content is not moving ({base_a:.1} fps)");
+
+    // A third tablet that reads slowly joins.
+    let mut slow = view(&s, &ts, mirror.clone(), false).await.unwrap();
+    slow.set_read_delay(Duration::from_millis(400));
+    let slow_task = tokio::spawn(async move {
+        let st = {
+            let _ = fps(&mut slow, Duration::from_secs(3)).await;
+            slow.take_stats()
+        };
+        (slow, st)
+    });
+    let (with_a, with_b) = tokio::join!(
+        fps(&mut a, Duration::from_secs(3)),
+        fps(&mut b, Duration::from_secs(3))
+    );
+    let (mut slow, _) = slow_task.await.unwrap();
+    println!(
+        "with a slow tablet: a {with_a:.1} fps ({:.2}x), b {with_b:.1} fps ({:.2}x)",
+        with_a / base_a,
+        with_b / base_b
+    );
+    assert!(
+        with_a / base_a > 0.5 && with_b / base_b > 0.5,
+        "a slow tablet slowed the others"
+    );
+
+    // The slow one recovers once it reads normally again: it skips to a keyframe and decodes.
+    slow.set_read_delay(Duration::ZERO);
+    let recovered = fps(&mut slow, Duration::from_secs(3)).await;
+    println!("slow tablet after recovering: {recovered:.1} fps");
+    assert!(recovered > 1.0, "the slow tablet did not recover");
+    a.abandon();
+    b.abandon();
+    slow.abandon();
+}
