@@ -419,3 +419,83 @@ async fn a_slow_tablet_does_not_slow_the_others_and_recovers_at_a_keyframe() {
     b.abandon();
     slow.abandon();
 }
+
+/// The X pointer of the (only) workstation, read with its own cookie (the test runs as the
+/// appliance's user, which may read the workstation's runtime directory).
+fn x_pointer(s: &Setup) -> (i32, i32) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let show = s.d.ok(&["ws", "show", "design"]);
+    let display: u32 = show
+        .split("display :")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a display in ws show");
+    let run = std::fs::read_dir(s.d.state.join("run"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let auth = std::fs::read(run.join("Xauthority")).unwrap();
+    let mut cookie = [0u8; 16];
+    cookie.copy_from_slice(&auth[auth.len() - 16..]);
+    let conn = periphery_workstation::xvfb::connect(display, &cookie).unwrap();
+    let root = conn.setup().roots[0].root;
+    let p = conn.query_pointer(root).unwrap().reply().unwrap();
+    (p.root_x.into(), p.root_y.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tablets_pointer_lands_on_its_own_monitor() {
+    let s = setup();
+    let (ta, tb) = (tablet(&s, "a", "alice"), tablet(&s, "b", "alice"));
+    let mut a = view(
+        &s,
+        &ta,
+        AttachMode::Extend {
+            width: 800,
+            height: 600,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let mut b = view(
+        &s,
+        &tb,
+        AttachMode::Extend {
+            width: 640,
+            height: 480,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let (ma, mb) = (a.attachment.monitor.clone(), b.attachment.monitor.clone());
+    b.send_input(WireInput::PointerMove { x: 100, y: 50 })
+        .await
+        .unwrap();
+    let want_b = (mb.x + 100, mb.y + 50);
+    wait_for(
+        "b's pointer on b's monitor",
+        Duration::from_secs(10),
+        || (x_pointer(&s) == want_b).then_some(()),
+    );
+    assert!(
+        !(ma.x..ma.x + ma.width as i32).contains(&want_b.0),
+        "b's pointer is on a's monitor"
+    );
+    a.send_input(WireInput::PointerMove { x: 10, y: 20 })
+        .await
+        .unwrap();
+    let want_a = (ma.x + 10, ma.y + 20);
+    wait_for(
+        "a's pointer on a's monitor",
+        Duration::from_secs(10),
+        || (x_pointer(&s) == want_a).then_some(()),
+    );
+    a.detach().await.unwrap();
+    b.detach().await.unwrap();
+}

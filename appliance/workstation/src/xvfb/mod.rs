@@ -102,7 +102,7 @@ fn x_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> MonitorError {
 }
 
 /// Connects to display `n` with `cookie`.
-pub(crate) fn connect(
+pub fn connect(
     display: u32,
     cookie: &[u8; 16],
 ) -> Result<RustConnection, Box<dyn std::error::Error + Send + Sync>> {
