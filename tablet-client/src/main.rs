@@ -287,6 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             "fps {:5.1}  latency p50 {:6.1} ms p99 {:6.1} ms  {:6.2} Mbit/s  dropped {}  frames {}  encoder {}",
                             st.fps, st.p50_ms, st.p99_ms, st.mbit_s, st.dropped, st.total, v.encoder
                         );
+                        v.report_stats(&st).await?;
                     }
                     _ = tokio::signal::ctrl_c() => break,
                 }

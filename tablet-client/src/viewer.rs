@@ -306,6 +306,22 @@ impl Viewer {
         s
     }
 
+    /// Tells the appliance what this tablet measured (shown in `periphery status`).
+    pub async fn report_stats(&mut self, st: &Stats) -> Result<(), ViewerError> {
+        self.session
+            .request(Request::ReportStats {
+                attach_id: self.attachment.attach_id,
+                stats: periphery_protocol::TabletStats {
+                    fps: st.fps as f32,
+                    p50_ms: st.p50_ms as f32,
+                    p99_ms: st.p99_ms as f32,
+                    dropped: st.dropped,
+                },
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Sends one input event to this tablet's monitor.
     pub async fn send_input(&mut self, event: WireInput) -> Result<(), ViewerError> {
         if self.input.is_none() {

@@ -159,6 +159,11 @@ async fn three_tablets_see_their_own_monitors_and_type_into_the_desktop() {
         status.contains("streams (3)") && status.contains("encoder libx264"),
         "{status}"
     );
+    // Tablets report their figures; status shows them per tablet.
+    let st = a.take_stats();
+    a.report_stats(&st).await.unwrap();
+    let status = s.d.ok(&["status"]);
+    assert!(status.contains("fps, latency p50"), "{status}");
 
     // What the mirroring tablet decoded is what the monitor shows.
     let (w, h, decoded) = still_picture(&mut c, Duration::from_millis(1500)).await;
@@ -473,7 +478,7 @@ async fn each_tablets_pointer_lands_on_its_own_monitor() {
     )
     .await
     .unwrap();
-    let (ma, mb) = (a.attachment.monitor.clone(), b.attachment.monitor.clone());
+    let (ma, mb) = (a.attachment.monitor, b.attachment.monitor);
     b.send_input(WireInput::PointerMove { x: 100, y: 50 })
         .await
         .unwrap();

@@ -293,6 +293,26 @@ pub enum Request {
         /// The tablet's clock, microseconds.
         client_time_us: u64,
     },
+    /// What a tablet measured over the last second, for `periphery status`.
+    ReportStats {
+        /// The attachment.
+        attach_id: u64,
+        /// The figures.
+        stats: TabletStats,
+    },
+}
+
+/// A tablet's figures over its last window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TabletStats {
+    /// Decoded frames per second.
+    pub fps: f32,
+    /// Capture-to-decoded latency, median, ms.
+    pub p50_ms: f32,
+    /// Capture-to-decoded latency, 99th percentile, ms.
+    pub p99_ms: f32,
+    /// Frames lost or skipped.
+    pub dropped: u64,
 }
 
 /// How a tablet attaches to a workstation.
@@ -354,6 +374,7 @@ impl Request {
             Request::Detach { .. } => "detach",
             Request::KeyframeRequest { .. } => "keyframe-request",
             Request::Ping { .. } => "ping",
+            Request::ReportStats { .. } => "report-stats",
         }
     }
 }
@@ -567,6 +588,8 @@ pub struct StreamInfo {
     pub tablets: u32,
     /// Frames encoded so far.
     pub frames: u64,
+    /// The attached tablets' device ids and their last reported figures.
+    pub tablet_stats: Vec<(String, Option<TabletStats>)>,
 }
 
 /// Why a request failed.

@@ -144,7 +144,8 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::Attach { .. }
         | Request::Detach { .. }
         | Request::KeyframeRequest { .. }
-        | Request::Ping { .. } => paired(),
+        | Request::Ping { .. }
+        | Request::ReportStats { .. } => paired(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. } => match caller {
@@ -628,6 +629,11 @@ impl Appliance {
             Request::KeyframeRequest { attach_id } => {
                 let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
                 self.streaming.keyframe_request(attach_id, conn_id)?;
+                Ok(Response::Done)
+            }
+            Request::ReportStats { attach_id, stats } => {
+                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
+                self.streaming.report_stats(attach_id, conn_id, stats)?;
                 Ok(Response::Done)
             }
             Request::Ping { client_time_us } => Ok(Response::Pong {
@@ -1203,6 +1209,7 @@ impl Appliance {
                 encoder: p.encoder,
                 tablets: p.tablets as u32,
                 frames: p.encoded,
+                tablet_stats: p.tablets_stats,
             })
             .collect();
         let users = self.user_infos().await?;

@@ -388,6 +388,15 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
             "  {} monitor {}: {} tablet(s), {} frames, encoder {}",
             st.workstation, st.monitor, st.tablets, st.frames, st.encoder
         );
+        for (device, figures) in &st.tablet_stats {
+            match figures {
+                Some(f) => println!(
+                    "    tablet {device}: {:.1} fps, latency p50 {:.1} ms p99 {:.1} ms, dropped {}",
+                    f.fps, f.p50_ms, f.p99_ms, f.dropped
+                ),
+                None => println!("    tablet {device}: no figures yet"),
+            }
+        }
     }
     println!("connected tablets ({})", s.connections.len());
     for t in &s.connections {

@@ -26,7 +26,7 @@ use periphery_protocol::media::{
     encode_video_frame, CodecParams, InputLimiter, InputMessage, VideoFrameHeader, WireButton,
     WireInput, WireTouch,
 };
-use periphery_protocol::{ApiError, AttachMode, Attachment, ErrorCode, MonitorInfo};
+use periphery_protocol::{ApiError, AttachMode, Attachment, ErrorCode, MonitorInfo, TabletStats};
 use periphery_workstation::{InputEvent, MonitorSize, MouseButton, TouchPhase};
 
 use crate::store::WorkstationRecord;
@@ -92,6 +92,7 @@ struct Attached {
     view_only: bool,
     conn_id: u64,
     device_id: String,
+    stats: Option<TabletStats>,
 }
 
 type Pipelines = Arc<Mutex<HashMap<(String, u32), Arc<Pipeline>>>>;
@@ -131,6 +132,8 @@ pub struct PipelineStatus {
     pub tablets: usize,
     /// Frames encoded so far.
     pub encoded: u64,
+    /// Attached tablets (device ids) and what they last reported.
+    pub tablets_stats: Vec<(String, Option<TabletStats>)>,
 }
 
 impl Streaming {
@@ -155,6 +158,7 @@ impl Streaming {
 
     /// The watched monitors.
     pub fn status(&self) -> Vec<PipelineStatus> {
+        let attachments = lock(&self.attachments).clone();
         lock(&self.pipelines)
             .values()
             .map(|p| PipelineStatus {
@@ -163,8 +167,29 @@ impl Streaming {
                 encoder: lock(&p.encoder).clone(),
                 tablets: lock(&p.subs).len(),
                 encoded: p.encoded.load(Ordering::Relaxed),
+                tablets_stats: attachments
+                    .values()
+                    .filter(|a| a.ws_id == p.ws_id && a.monitor == p.monitor)
+                    .map(|a| (a.device_id.clone(), a.stats.clone()))
+                    .collect(),
             })
             .collect()
+    }
+
+    /// Records what a tablet measured.
+    pub fn report_stats(
+        &self,
+        attach_id: u64,
+        conn_id: u64,
+        stats: TabletStats,
+    ) -> Result<(), ApiError> {
+        match lock(&self.attachments).get_mut(&attach_id) {
+            Some(a) if a.conn_id == conn_id => {
+                a.stats = Some(stats);
+                Ok(())
+            }
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such attachment")),
+        }
     }
 
     /// Attaches a connection to a monitor of running workstation `rec`.
@@ -264,6 +289,7 @@ impl Streaming {
                 view_only,
                 conn_id,
                 device_id: device_id.to_owned(),
+                stats: None,
             },
         );
         tracing::info!(ws = %rec.id, monitor = monitor.id, attach_id, extended, view_only, "tablet attached");
