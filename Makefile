@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
 FUZZ_ENV := $(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1)
 
-.PHONY: run test bench setup build lint fuzz clean
+.PHONY: run test bench bench-stream setup build lint fuzz clean
 
 ## Build and start the appliance with a paired local tablet; Ctrl-C stops it.
 run: setup build
@@ -31,7 +31,12 @@ lint:
 
 ## Benchmarks: each prints a ratio against a baseline measured in the same run.
 bench: setup
-	$(CARGO) bench --workspace
+	$(CARGO) bench --workspace --exclude periphery-e2e
+
+## The streaming benchmark: a daemon, a 1080p workstation with moving content, 1 and 3 tablets.
+bench-stream: setup
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p periphery-e2e --bench stream
 
 ## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
 fuzz:
