@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use periphery_e2e::{wait_for, Daemon, DaemonOptions, Tablet};
@@ -51,6 +51,10 @@ async fn view(
     let c = Home::new(t.home.clone()).load().unwrap();
     let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
     Viewer::attach(s.d.banner.addr, cfg, "design", mode, view_only).await
+}
+
+fn extend(width: u32, height: u32) -> AttachMode {
+    AttachMode::Extend { width, height }
 }
 
 fn home_of(s: &Setup) -> PathBuf {
@@ -119,28 +123,8 @@ async fn three_tablets_see_their_own_monitors_and_type_into_the_desktop() {
         tablet(&s, "b", "alice"),
         tablet(&s, "c", "alice"),
     );
-    let mut a = view(
-        &s,
-        &ta,
-        AttachMode::Extend {
-            width: 800,
-            height: 600,
-        },
-        false,
-    )
-    .await
-    .unwrap();
-    let mut b = view(
-        &s,
-        &tb,
-        AttachMode::Extend {
-            width: 640,
-            height: 480,
-        },
-        false,
-    )
-    .await
-    .unwrap();
+    let mut a = view(&s, &ta, extend(800, 600), false).await.unwrap();
+    let mut b = view(&s, &tb, extend(640, 480), false).await.unwrap();
     let mut c = view(&s, &tc, AttachMode::Mirror { monitor: 0 }, false)
         .await
         .unwrap();
@@ -327,10 +311,7 @@ async fn malformed_and_flooding_input_is_bounded_and_the_desktop_keeps_serving()
 async fn an_extended_monitor_survives_a_short_disconnect_and_goes_after_the_grace() {
     let s = setup();
     let t = tablet(&s, "t", "alice");
-    let ext = AttachMode::Extend {
-        width: 800,
-        height: 600,
-    };
+    let ext = extend(800, 600);
     let mut v = view(&s, &t, ext.clone(), false).await.unwrap();
     first_frame(&mut v).await;
     let id = v.attachment.monitor.id;
@@ -347,7 +328,6 @@ async fn an_extended_monitor_survives_a_short_disconnect_and_goes_after_the_grac
         Duration::from_secs(40),
         || (!s.d.ok(&["ws", "show", "design"]).contains(&mon)).then_some(()),
     );
-    let _ = Path::new("");
 }
 
 /// Decoded frames per second over `span`.
@@ -456,28 +436,8 @@ fn x_pointer(s: &Setup) -> (i32, i32) {
 async fn each_tablets_pointer_lands_on_its_own_monitor() {
     let s = setup();
     let (ta, tb) = (tablet(&s, "a", "alice"), tablet(&s, "b", "alice"));
-    let mut a = view(
-        &s,
-        &ta,
-        AttachMode::Extend {
-            width: 800,
-            height: 600,
-        },
-        false,
-    )
-    .await
-    .unwrap();
-    let mut b = view(
-        &s,
-        &tb,
-        AttachMode::Extend {
-            width: 640,
-            height: 480,
-        },
-        false,
-    )
-    .await
-    .unwrap();
+    let mut a = view(&s, &ta, extend(800, 600), false).await.unwrap();
+    let mut b = view(&s, &tb, extend(640, 480), false).await.unwrap();
     let (ma, mb) = (a.attachment.monitor, b.attachment.monitor);
     b.send_input(WireInput::PointerMove { x: 100, y: 50 })
         .await
