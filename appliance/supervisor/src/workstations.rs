@@ -576,20 +576,25 @@ impl Workstations {
             .find(|r| r.id == id)
     }
 
+    /// Runs `f` on running workstation `id`, right here (for quick calls: connections, lists).
+    fn with_live<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&dyn Workstation) -> T,
+    ) -> Result<T, WorkstationOpError> {
+        let not_running = || WorkstationOpError::NotRunning(id.to_owned());
+        let handle = self.handle(id).ok_or_else(not_running)?;
+        let guard = lock(&handle);
+        guard.as_deref().map(f).ok_or_else(not_running)
+    }
+
     /// A new frame source of monitor `monitor` of running workstation `id`.
     pub fn frame_source(
         &self,
         id: &str,
         monitor: u32,
     ) -> Result<Box<dyn periphery_workstation::FrameSource>, WorkstationOpError> {
-        let handle = self
-            .handle(id)
-            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
-        let guard = lock(&handle);
-        let ws = guard
-            .as_ref()
-            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
-        ws.frame_source(monitor)
+        self.with_live(id, |ws| ws.frame_source(monitor))?
             .map_err(|e| WorkstationOpError::Backend(chain(&e)))
     }
 
@@ -598,22 +603,13 @@ impl Workstations {
         &self,
         id: &str,
     ) -> Result<Box<dyn periphery_workstation::InputSink>, WorkstationOpError> {
-        let handle = self
-            .handle(id)
-            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
-        let guard = lock(&handle);
-        let ws = guard
-            .as_ref()
-            .ok_or_else(|| WorkstationOpError::NotRunning(id.to_owned()))?;
-        ws.input_sink()
+        self.with_live(id, |ws| ws.input_sink())?
             .map_err(|e| WorkstationOpError::Backend(chain(&e)))
     }
 
     /// Current monitors of running workstation `id`.
     pub fn monitors(&self, id: &str) -> Option<Vec<periphery_workstation::Monitor>> {
-        let handle = self.handle(id)?;
-        let guard = lock(&handle);
-        guard.as_ref().map(|ws| ws.monitors())
+        self.with_live(id, |ws| ws.monitors()).ok()
     }
 
     /// Adds a monitor to a running workstation; returns it.
@@ -649,16 +645,9 @@ impl Workstations {
         rec: &WorkstationRecord,
         id: u32,
     ) -> Result<Vec<u8>, WorkstationOpError> {
-        let handle = self
-            .handle(&rec.id)
-            .ok_or_else(|| WorkstationOpError::NotRunning(rec.name.clone()))?;
         let be = |e: &dyn std::error::Error| WorkstationOpError::Backend(chain(e));
-        let source = match lock(&handle).as_ref() {
-            Some(ws) => ws.frame_source(id).map_err(|e| be(&e))?,
-            None => return Err(WorkstationOpError::NotRunning(rec.name.clone())),
-        };
+        let mut cap = self.frame_source(&rec.id, id)?;
         blocking(move || {
-            let mut cap = source;
             cap.request_full();
             let frame = cap
                 .next_frame(Duration::from_secs(5))
