@@ -5,6 +5,14 @@
 //! the admin CLI — goes through [`Appliance::handle`], which first checks it with
 //! [`authorize`] against the [`Caller`], then runs it. A [`Conversation`] carries what one
 //! control stream remembers between requests (the pairing exchange in progress).
+//!
+//! The handlers live by concern: users, devices and status here; [`pairing`] (codes,
+//! passwords, attempt limits, enrolment); [`desktops`] (workstations and their streams).
+
+mod desktops;
+mod pairing;
+
+use pairing::PendingPake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,30 +20,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
 
-use periphery_protocol::pairing::{PairingCode, PakeState, SessionKey};
+use periphery_protocol::pairing::PairingCode;
 use periphery_protocol::{
-    ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, PairedDevice, Request,
-    Response, Role, StatusReport, StreamInfo, UserInfo, WorkstationInfo,
+    ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, Request, Response, Role,
+    StatusReport, StreamInfo, UserInfo,
 };
 
-use crate::codes::{CodeRefused, PendingCodes};
+use crate::codes::PendingCodes;
 use crate::config::Config;
 use crate::identity::ApplianceIdentity;
-use crate::limits::{AttemptLimiter, Subject};
+use crate::limits::AttemptLimiter;
 use crate::store::{
-    AddUserError, AddWorkstationError, AuditRecord, DeviceRecord, LookupError, Store, StoreError,
-    UserRecord, WorkstationRecord,
+    AddUserError, AuditRecord, DeviceRecord, LookupError, Store, StoreError, UserRecord,
 };
 use crate::streaming::Streaming;
 use crate::tls::{DeviceAllowList, DeviceStanding};
-use crate::workstations::{WorkstationOpError, Workstations};
-use periphery_workstation::spec::KernelBoot;
-use periphery_workstation::spec::SpecError;
-use periphery_workstation::{BackendKind, MonitorSize, WorkstationSpec};
+use crate::workstations::Workstations;
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -168,13 +172,6 @@ pub struct Conversation {
     pub conn: Option<(quinn::Connection, u64)>,
 }
 
-#[derive(Debug)]
-struct PendingPake {
-    slot: String,
-    user: String,
-    key: SessionKey,
-}
-
 impl Conversation {
     /// A new conversation with `caller`.
     pub fn new(caller: Caller) -> Self {
@@ -250,13 +247,6 @@ fn lookup_err(e: LookupError) -> ApiError {
             ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
         }
         LookupError::Store(e) => internal(e),
-    }
-}
-
-fn ws_op_err(e: WorkstationOpError) -> ApiError {
-    match e {
-        WorkstationOpError::NotRunning(_) => ApiError::new(ErrorCode::OutOfOrder, e.to_string()),
-        WorkstationOpError::Backend(_) => ApiError::new(ErrorCode::InvalidArgument, e.to_string()),
     }
 }
 
@@ -374,14 +364,6 @@ impl Appliance {
         lock(&self.connections).remove(&id);
     }
 
-    /// Issues a pairing code for `user` (who must exist).
-    pub fn issue_code(&self, user: &str) -> PairingCode {
-        let mut rng = rand::rngs::OsRng;
-        lock(&self.codes).issue(user, Instant::now(), || {
-            PairingCode::generate(|| (rng.next_u32() & 0xff) as u8)
-        })
-    }
-
     /// Runs one request for the conversation's caller.
     pub async fn handle(
         &self,
@@ -474,181 +456,20 @@ impl Appliance {
                 .identity()
                 .map(Response::Whoami)
                 .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "not paired")),
-            Request::WorkstationList => {
-                let own = match &conv.caller {
-                    Caller::Device { device, role } if *role != Role::Admin => {
-                        Some(device.user.clone())
-                    }
-                    _ => None,
-                };
-                let all = self
-                    .blocking(|s| s.workstations())
-                    .await
-                    .map_err(internal)?;
-                let mut list: Vec<WorkstationInfo> = all
-                    .iter()
-                    .filter(|w| own.as_ref().is_none_or(|u| *u == w.user))
-                    .map(|w| self.workstations.info(w))
-                    .collect();
-                list.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
-                Ok(Response::Workstations(list))
-            }
-            Request::WorkstationCreate {
-                user,
-                name,
-                backend,
-                monitors,
-                image,
-                memory,
-                cpus,
-                kernel,
-                initrd,
-                append,
-            } => {
-                let user = match (&conv.caller, user) {
-                    (Caller::Device { device, role }, u) if *role != Role::Admin => {
-                        if u.as_ref().is_some_and(|u| *u != device.user) {
-                            return Err(ApiError::new(
-                                ErrorCode::Forbidden,
-                                "you can only create workstations for yourself",
-                            ));
-                        }
-                        device.user.clone()
-                    }
-                    (Caller::Device { device, .. }, None) => device.user.clone(),
-                    (_, Some(u)) => u,
-                    (_, None) => {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidArgument,
-                            "say whose workstation it is (--user)",
-                        ))
-                    }
-                };
-                let boot = kernel.map(|k| (k, initrd, append));
-                let spec = self.workstation_spec(&backend, &monitors, image, memory, cpus, boot)?;
-                self.ws_create(actor, user, name, spec).await
-            }
-            Request::WorkstationStart { ws } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                let rec = self.set_desired(&rec, true, actor).await?;
-                if let Err(e) = self.workstations.start(&rec).await {
-                    return Err(ApiError::new(
-                        ErrorCode::Internal,
-                        format!("workstation {} did not start: {e}", rec.name),
-                    ));
-                }
-                Ok(Response::Workstation(self.workstations.info(&rec)))
-            }
-            Request::WorkstationStop { ws, force } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                let rec = self.set_desired(&rec, false, actor).await?;
-                self.workstations.stop(&rec.id, !force).await;
-                Ok(Response::Workstation(self.workstations.info(&rec)))
-            }
-            Request::WorkstationDelete { ws } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                self.workstations.stop(&rec.id, false).await;
-                let a = audit(
-                    actor,
-                    "ws-delete",
-                    format!("deleted workstation {}/{}", rec.user, rec.name),
-                );
-                let id = rec.id.clone();
-                self.blocking(move |s| s.delete_workstation(&id, &a))
-                    .await
-                    .map_err(lookup_err)?;
-                let home = self.workstations.home(&rec);
-                let disk = self.workstations.disk(&rec);
-                let _ = tokio::task::spawn_blocking(move || {
-                    let _ = std::fs::remove_dir_all(home);
-                    let _ = std::fs::remove_file(disk);
-                })
-                .await;
-                tracing::info!(ws = %rec.id, user = %rec.user, name = %rec.name, "workstation deleted");
-                Ok(Response::Done)
-            }
-            Request::WorkstationShow { ws } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                Ok(Response::Workstation(self.workstations.info(&rec)))
-            }
-            Request::MonitorAdd { ws, size } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                let size: MonitorSize = size.parse().map_err(|e: SpecError| {
-                    ApiError::new(ErrorCode::InvalidArgument, e.to_string())
-                })?;
-                self.workstations
-                    .monitor_add(&rec, size)
-                    .await
-                    .map_err(ws_op_err)?;
-                Ok(Response::Workstation(self.workstations.info(&rec)))
-            }
-            Request::MonitorRemove { ws, monitor } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                self.workstations
-                    .monitor_remove(&rec, monitor)
-                    .await
-                    .map_err(ws_op_err)?;
-                Ok(Response::Workstation(self.workstations.info(&rec)))
-            }
-            Request::Attach {
-                ws,
-                mode,
-                view_only,
-            } => {
-                let Caller::Device { device, .. } = &conv.caller else {
-                    return Err(ApiError::new(ErrorCode::Forbidden, "attach is for tablets"));
-                };
-                let device_id = device.id.clone();
-                let Some((conn, conn_id)) = conv.conn.clone() else {
-                    return Err(ApiError::new(
-                        ErrorCode::Forbidden,
-                        "attach needs a QUIC connection",
-                    ));
-                };
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                if self.workstations.monitors(&rec.id).is_none() {
-                    let rec = self.set_desired(&rec, true, actor.clone()).await?;
-                    self.workstations.start(&rec).await.map_err(|e| {
-                        ApiError::new(
-                            ErrorCode::Internal,
-                            format!("workstation {} did not start: {e}", rec.name),
-                        )
-                    })?;
-                }
-                let a = self
-                    .streaming
-                    .attach(conn, conn_id, &device_id, &rec, mode, view_only)
-                    .await?;
-                Ok(Response::Attached(a))
-            }
-            Request::Detach { attach_id } => {
-                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
-                self.streaming.detach(attach_id, conn_id).await?;
-                Ok(Response::Done)
-            }
-            Request::KeyframeRequest { attach_id } => {
-                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
-                self.streaming.keyframe_request(attach_id, conn_id)?;
-                Ok(Response::Done)
-            }
-            Request::ReportStats { attach_id, stats } => {
-                let conn_id = conv.conn.as_ref().map(|c| c.1).unwrap_or(0);
-                self.streaming.report_stats(attach_id, conn_id, stats)?;
-                Ok(Response::Done)
-            }
-            Request::Ping { client_time_us } => Ok(Response::Pong {
-                client_time_us,
-                server_time_us: self.streaming.now_us(),
-            }),
-            Request::Screenshot { ws, monitor } => {
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
-                let png = self
-                    .workstations
-                    .screenshot(&rec, monitor)
-                    .await
-                    .map_err(ws_op_err)?;
-                Ok(Response::Png(png))
-            }
+            req @ (Request::WorkstationList
+            | Request::WorkstationCreate { .. }
+            | Request::WorkstationStart { .. }
+            | Request::WorkstationStop { .. }
+            | Request::WorkstationDelete { .. }
+            | Request::WorkstationShow { .. }
+            | Request::MonitorAdd { .. }
+            | Request::MonitorRemove { .. }
+            | Request::Screenshot { .. }
+            | Request::Attach { .. }
+            | Request::Detach { .. }
+            | Request::KeyframeRequest { .. }
+            | Request::ReportStats { .. }
+            | Request::Ping { .. }) => self.desktop_request(conv, actor, req).await,
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
@@ -667,181 +488,6 @@ impl Appliance {
                 ))
             }
         }
-    }
-
-    fn workstation_spec(
-        &self,
-        backend: &str,
-        monitors: &[String],
-        image: Option<String>,
-        memory: Option<String>,
-        cpus: Option<u32>,
-        boot: Option<(String, Option<String>, Option<String>)>,
-    ) -> Result<WorkstationSpec, ApiError> {
-        let bad = |e: SpecError| ApiError::new(ErrorCode::InvalidArgument, e.to_string());
-        let backend: BackendKind = backend.parse().map_err(bad)?;
-        let monitors = if monitors.is_empty() {
-            vec![MonitorSize {
-                width: 1920,
-                height: 1080,
-            }]
-        } else {
-            monitors
-                .iter()
-                .map(|m| m.parse())
-                .collect::<Result<Vec<MonitorSize>, _>>()
-                .map_err(bad)?
-        };
-        let memory_mib = match memory {
-            Some(m) => periphery_workstation::spec::parse_memory_mib(&m).map_err(bad)?,
-            None => 2048,
-        };
-        let existing = |what: &str, path: String| -> Result<String, ApiError> {
-            let p = std::path::Path::new(&path);
-            if !p.is_file() {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("{what} {path} not found on the appliance"),
-                ));
-            }
-            p.canonicalize()
-                .map(|c| c.display().to_string())
-                .map_err(|e| {
-                    ApiError::new(ErrorCode::InvalidArgument, format!("{what} {path}: {e}"))
-                })
-        };
-        let image = image.map(|p| existing("base image", p)).transpose()?;
-        let kernel = match boot {
-            Some((kernel, initrd, append)) => Some(KernelBoot {
-                kernel: existing("kernel", kernel)?,
-                initrd: initrd.map(|i| existing("initrd", i)).transpose()?,
-                append: append.unwrap_or_else(|| "console=tty1 console=ttyS0".into()),
-            }),
-            None => None,
-        };
-        let spec = WorkstationSpec {
-            backend,
-            monitors,
-            image,
-            memory_mib,
-            cpus: cpus.unwrap_or(2),
-            kernel,
-        };
-        spec.validate(self.workstations.limits()).map_err(bad)?;
-        Ok(spec)
-    }
-
-    async fn ws_create(
-        &self,
-        actor: String,
-        user: String,
-        name: String,
-        spec: WorkstationSpec,
-    ) -> Result<Response, ApiError> {
-        if !valid_user_name(&name) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("'{name}' is not a valid workstation name: 1-32 of a-z 0-9 . _ -, starting with a letter"),
-            ));
-        }
-        let mut raw = [0u8; 4];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let rec = WorkstationRecord {
-            id: format!("w-{}", hex::encode(raw)),
-            user: user.clone(),
-            name: name.clone(),
-            spec,
-            desired_running: false,
-            uid: 0,
-            created_at: unix_now(),
-            last_error: None,
-        };
-        let a = audit(
-            actor,
-            "ws-create",
-            format!("created {} workstation {user}/{name}", rec.spec.backend),
-        );
-        let rec = match self.blocking(move |s| s.add_workstation(rec, &a)).await {
-            Ok(r) => r,
-            Err(AddWorkstationError::Exists(w)) => {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("workstation {w} already exists"),
-                ))
-            }
-            Err(AddWorkstationError::NoUser(u)) => {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("user '{u}' not found"),
-                ))
-            }
-            Err(e) => return Err(internal(e)),
-        };
-        tracing::info!(ws = %rec.id, %user, %name, "workstation created");
-        Ok(Response::Workstation(self.workstations.info(&rec)))
-    }
-
-    /// Finds the workstation `ws` (`name` or `user/name`) as `caller` may see it.
-    async fn resolve_ws(&self, caller: &Caller, ws: &str) -> Result<WorkstationRecord, ApiError> {
-        let (user, name) = match ws.split_once('/') {
-            Some((u, n)) => (Some(u.to_owned()), n.to_owned()),
-            None => (None, ws.to_owned()),
-        };
-        let user = match caller {
-            Caller::Device { device, role } if *role != Role::Admin => {
-                if user.as_ref().is_some_and(|u| *u != device.user) {
-                    return Err(ApiError::new(
-                        ErrorCode::Forbidden,
-                        "you can only use your own workstations",
-                    ));
-                }
-                Some(device.user.clone())
-            }
-            _ => user,
-        };
-        let all = self
-            .blocking(|s| s.workstations())
-            .await
-            .map_err(internal)?;
-        let mut found: Vec<WorkstationRecord> = all
-            .into_iter()
-            .filter(|w| w.name == name && user.as_ref().is_none_or(|u| *u == w.user))
-            .collect();
-        match found.len() {
-            0 => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no workstation '{ws}'"),
-            )),
-            1 => Ok(found.remove(0)),
-            _ => Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "'{name}' is ambiguous: {}; say which as user/name",
-                    found
-                        .iter()
-                        .map(|w| format!("{}/{}", w.user, w.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-        }
-    }
-
-    async fn set_desired(
-        &self,
-        rec: &WorkstationRecord,
-        running: bool,
-        actor: String,
-    ) -> Result<WorkstationRecord, ApiError> {
-        let a = audit(
-            actor,
-            if running { "ws-start" } else { "ws-stop" },
-            format!("{}/{}", rec.user, rec.name),
-        );
-        let id = rec.id.clone();
-        self.blocking(move |s| s.update_workstation(&id, Some(&a), |w| w.desired_running = running))
-            .await
-            .map_err(lookup_err)
     }
 
     async fn user_add(
@@ -932,220 +578,6 @@ impl Appliance {
         self.devices.set(&d.fingerprint, DeviceStanding::Revoked);
         tracing::info!(device = %id, user = %d.user, "device revoked");
         Ok(Response::Done)
-    }
-
-    fn check_limits(&self, subjects: &[Subject]) -> Result<(), ApiError> {
-        lock(&self.limiter)
-            .check(subjects, Instant::now())
-            .map_err(|wait| {
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                ApiError {
-                    code: ErrorCode::TooManyAttempts,
-                    message: format!("too many attempts, retry after {secs} s"),
-                    retry_after_secs: Some(secs),
-                }
-            })
-    }
-
-    async fn failed(&self, subjects: &[Subject], actor: String, event: &str, detail: String) {
-        lock(&self.limiter).fail(subjects, Instant::now());
-        tracing::warn!(%actor, event, %detail, "authentication attempt failed");
-        let a = audit(actor, event, detail);
-        if let Err(e) = self.blocking(move |s| s.audit(&a)).await {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
-    }
-
-    async fn pair_start(
-        &self,
-        conv: &mut Conversation,
-        slot: String,
-        spake: Vec<u8>,
-    ) -> Result<Response, ApiError> {
-        let Caller::Unpaired { addr } = conv.caller else {
-            unreachable!("authorize lets only unpaired callers pair")
-        };
-        let mut subjects = vec![Subject::Addr(addr.ip())];
-        self.check_limits(&subjects)?;
-        let looked_up = lock(&self.codes).lookup(&slot, Instant::now());
-        let (code, user) = match looked_up {
-            Ok(v) => v,
-            Err(refused) => {
-                let code = match refused {
-                    CodeRefused::Unknown => ErrorCode::WrongCredentials,
-                    CodeRefused::Expired => ErrorCode::CodeExpired,
-                    CodeRefused::Used => ErrorCode::CodeUsed,
-                };
-                self.failed(
-                    &subjects,
-                    conv.caller.actor(),
-                    "pair-failed",
-                    refused.to_string(),
-                )
-                .await;
-                return Err(ApiError::new(code, refused.to_string()));
-            }
-        };
-        subjects.push(Subject::User(user.clone()));
-        self.check_limits(&subjects)?;
-        let (state, msg) = PakeState::start_appliance(&code);
-        let key = state
-            .finish(&spake)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-        conv.pake = Some(PendingPake { slot, user, key });
-        Ok(Response::PairChallenge { spake: msg })
-    }
-
-    async fn pair_finish(
-        &self,
-        conv: &mut Conversation,
-        confirm: Vec<u8>,
-        csr_der: Vec<u8>,
-        device_name: String,
-    ) -> Result<Response, ApiError> {
-        let Caller::Unpaired { addr } = conv.caller else {
-            unreachable!("authorize lets only unpaired callers pair")
-        };
-        let pake = conv.pake.take().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::OutOfOrder,
-                "pair-code-finish without pair-code-start",
-            )
-        })?;
-        let subjects = [Subject::Addr(addr.ip()), Subject::User(pake.user.clone())];
-        self.check_limits(&subjects)?;
-        if !pake
-            .key
-            .verify_client(self.identity.server_der(), &csr_der, &confirm)
-        {
-            self.failed(
-                &subjects,
-                conv.caller.actor(),
-                "pair-failed",
-                format!("wrong code for slot {} (user {})", pake.slot, pake.user),
-            )
-            .await;
-            return Err(ApiError::new(
-                ErrorCode::WrongCredentials,
-                "wrong pairing code",
-            ));
-        }
-        let consumed = lock(&self.codes).consume(&pake.slot, Instant::now());
-        if let Err(refused) = consumed {
-            let code = match refused {
-                CodeRefused::Expired => ErrorCode::CodeExpired,
-                _ => ErrorCode::CodeUsed,
-            };
-            return Err(ApiError::new(code, refused.to_string()));
-        }
-        let mut paired = self
-            .enrol(&conv.caller, &pake.user, &csr_der, device_name, "code")
-            .await?;
-        paired.confirm = Some(pake.key.server_confirm(
-            self.identity.server_der(),
-            &paired.cert_der,
-            &paired.ca_der,
-        ));
-        Ok(Response::Paired(paired))
-    }
-
-    async fn pair_password(
-        &self,
-        conv: &mut Conversation,
-        user: String,
-        password: String,
-        csr_der: Vec<u8>,
-        device_name: String,
-    ) -> Result<Response, ApiError> {
-        let Caller::Unpaired { addr } = conv.caller else {
-            unreachable!("authorize lets only unpaired callers pair")
-        };
-        let subjects = [Subject::Addr(addr.ip()), Subject::User(user.clone())];
-        self.check_limits(&subjects)?;
-        let u = user.clone();
-        let rec = self.blocking(move |s| s.user(&u)).await.map_err(internal)?;
-        let hash = rec.and_then(|r| r.password_hash);
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => PasswordHash::new(&h)
-                .map(|ph| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &ph)
-                        .is_ok()
-                })
-                .unwrap_or(false),
-            None => {
-                // Spend the same time for unknown users, so timing does not tell who exists.
-                let salt = SaltString::generate(&mut rand::rngs::OsRng);
-                let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
-                false
-            }
-        })
-        .await
-        .map_err(internal)?;
-        if !ok {
-            self.failed(
-                &subjects,
-                conv.caller.actor(),
-                "login-failed",
-                format!("wrong password for {user}"),
-            )
-            .await;
-            return Err(ApiError::new(
-                ErrorCode::WrongCredentials,
-                "wrong user name or password",
-            ));
-        }
-        let paired = self
-            .enrol(&conv.caller, &user, &csr_der, device_name, "password")
-            .await?;
-        Ok(Response::Paired(paired))
-    }
-
-    /// Signs a device certificate and records the device.
-    async fn enrol(
-        &self,
-        caller: &Caller,
-        user: &str,
-        csr_der: &[u8],
-        device_name: String,
-        how: &str,
-    ) -> Result<PairedDevice, ApiError> {
-        let device_name: String = device_name.chars().take(64).collect();
-        let mut raw = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let device_id = format!("d-{}", hex::encode(&raw[..5]));
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let cert = self
-            .identity
-            .issue_device_cert(csr_der, &device_id, raw)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-        let rec = DeviceRecord {
-            id: device_id.clone(),
-            name: device_name.clone(),
-            user: user.to_owned(),
-            serial: cert.serial.clone(),
-            fingerprint: cert.fingerprint.clone(),
-            paired_at: unix_now(),
-            last_seen: None,
-            revoked_at: None,
-        };
-        let a = audit(
-            caller.actor(),
-            "device-paired",
-            format!("paired device {device_id} ({device_name}) for {user} by {how}"),
-        );
-        self.blocking(move |s| s.add_device(&rec, &a))
-            .await
-            .map_err(lookup_err)?;
-        self.devices.set(&cert.fingerprint, DeviceStanding::Allowed);
-        tracing::info!(device = %device_id, %user, how, "device paired");
-        Ok(PairedDevice {
-            device_id,
-            user: user.to_owned(),
-            cert_der: cert.der,
-            ca_der: self.identity.ca_der().to_vec(),
-            confirm: None,
-        })
     }
 
     async fn user_infos(&self) -> Result<Vec<UserInfo>, ApiError> {
