@@ -95,16 +95,7 @@ async fn main() {
         },
     );
     d.ok(&["user", "add", "alice", "--no-password"]);
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "bench",
-        "--monitors",
-        "1920x1080",
-    ]);
+    d.create_ws("alice", "bench", "1920x1080");
     d.ok(&["ws", "start", "bench"]);
     let daemon_pid: u32 = std::fs::read_dir("/proc")
         .unwrap()

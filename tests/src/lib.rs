@@ -176,6 +176,20 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Creates an Xvfb workstation `name` of `user` with `monitors` (`1024x768[,…]`).
+    pub fn create_ws(&self, user: &str, name: &str, monitors: &str) -> String {
+        self.ok(&[
+            "ws",
+            "create",
+            "--user",
+            user,
+            "--name",
+            name,
+            "--monitors",
+            monitors,
+        ])
+    }
+
     /// A fresh pairing code for `user`.
     pub fn pair_code(&self, user: &str) -> String {
         self.ok(&["device", "pair-code", "--user", user])

@@ -22,16 +22,7 @@ fn setup() -> Setup {
     let d = Daemon::start(&dir.path().join("state"), DaemonOptions::default());
     d.ok(&["user", "add", "alice", "--no-password"]);
     d.ok(&["user", "add", "bob", "--no-password"]);
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "design",
-        "--monitors",
-        "1024x768",
-    ]);
+    d.create_ws("alice", "design", "1024x768");
     d.ok(&["ws", "start", "design"]);
     Setup { dir, d }
 }

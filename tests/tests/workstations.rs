@@ -47,16 +47,7 @@ fn daemon(dir: &std::path::Path) -> Daemon {
 fn the_admin_runs_a_workstation_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
-    let out = d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "design",
-        "--monitors",
-        "1280x720,1024x768",
-    ]);
+    let out = d.create_ws("alice", "design", "1280x720,1024x768");
     assert!(out.contains("alice/design  xvfb  stopped"), "{out}");
     let show = d.ok(&["ws", "start", "design"]);
     assert!(show.contains("running"), "{show}");
@@ -147,36 +138,9 @@ fn bad_requests_get_clear_errors_and_create_nothing() {
 fn tablets_use_only_their_own_users_workstations() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "design",
-        "--monitors",
-        "1024x768",
-    ]);
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "bob",
-        "--name",
-        "cad",
-        "--monitors",
-        "1024x768",
-    ]);
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "bob",
-        "--name",
-        "design",
-        "--monitors",
-        "1024x768",
-    ]);
+    d.create_ws("alice", "design", "1024x768");
+    d.create_ws("bob", "cad", "1024x768");
+    d.create_ws("bob", "design", "1024x768");
     let alice = Tablet::new(&dir.path().join("alice"));
     alice.pair(&d, &d.pair_code("alice"));
 
@@ -227,16 +191,7 @@ fn tablets_use_only_their_own_users_workstations() {
 fn a_dead_workstation_is_restarted_and_its_state_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
-    d.ok(&[
-        "ws",
-        "create",
-        "--user",
-        "alice",
-        "--name",
-        "design",
-        "--monitors",
-        "1024x768",
-    ]);
+    d.create_ws("alice", "design", "1024x768");
     let show = d.ok(&["ws", "start", "alice/design"]);
     let xvfb = pid_of(&show, "Xvfb").unwrap();
     let _ = std::process::Command::new("kill")
@@ -266,16 +221,7 @@ fn after_a_supervisor_sigkill_both_workstations_run_again_without_duplicates() {
     let state = dir.path().join("state");
     let d = daemon(dir.path());
     for (u, n) in [("alice", "one"), ("bob", "two")] {
-        d.ok(&[
-            "ws",
-            "create",
-            "--user",
-            u,
-            "--name",
-            n,
-            "--monitors",
-            "1024x768",
-        ]);
+        d.create_ws(u, n, "1024x768");
         d.ok(&["ws", "start", n]);
     }
     let before = xvfbs(&d);
