@@ -47,6 +47,22 @@ fn the_console_code_pairs_the_first_admin() {
     assert!(t.ok(&["whoami"]).starts_with("user admin (admin)"));
 }
 
+/// `periphery-tablet pair` as bob with a password on stdin and an expected fingerprint.
+fn pair_bob(t: &Tablet, d: &Daemon, fingerprint: &str, password: &str) -> std::process::Output {
+    t.cli(
+        &[
+            "pair",
+            &d.address(),
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--fingerprint",
+            fingerprint,
+        ],
+        Some(password),
+    )
+}
+
 #[test]
 fn pair_with_a_password_after_confirming_the_fingerprint() {
     let (dir, d) = setup();
@@ -59,18 +75,7 @@ fn pair_with_a_password_after_confirming_the_fingerprint() {
     let fp = d.banner.fingerprint.clone();
 
     // A fingerprint that is not the appliance's: the password is never sent.
-    let wrong = t.cli(
-        &[
-            "pair",
-            &d.address(),
-            "--user",
-            "bob",
-            "--password-stdin",
-            "--fingerprint",
-            "sha256:00112233445566778899",
-        ],
-        Some("correct horse\n"),
-    );
+    let wrong = pair_bob(&t, &d, "sha256:00112233445566778899", "correct horse\n");
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("not sending the password"));
     assert!(
@@ -79,34 +84,12 @@ fn pair_with_a_password_after_confirming_the_fingerprint() {
     );
 
     // A wrong password.
-    let bad = t.cli(
-        &[
-            "pair",
-            &d.address(),
-            "--user",
-            "bob",
-            "--password-stdin",
-            "--fingerprint",
-            &fp,
-        ],
-        Some("wrong horse\n"),
-    );
+    let bad = pair_bob(&t, &d, &fp, "wrong horse\n");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("wrong user name or password"));
 
     // The right one, with a 16-digit fingerprint prefix.
     let short = &fp[7..23];
-    let ok = t.cli(
-        &[
-            "pair",
-            &d.address(),
-            "--user",
-            "bob",
-            "--password-stdin",
-            "--fingerprint",
-            short,
-        ],
-        Some("correct horse\n"),
-    );
+    let ok = pair_bob(&t, &d, short, "correct horse\n");
     assert!(
         ok.status.success(),
         "{}",
