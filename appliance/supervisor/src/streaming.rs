@@ -193,7 +193,6 @@ impl Streaming {
     }
 
     /// Attaches a connection to a monitor of running workstation `rec`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
         conn: quinn::Connection,
