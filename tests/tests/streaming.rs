@@ -78,7 +78,29 @@ async fn type_text(v: &mut Viewer, text: &str) {
 }
 
 /// Clicks the middle of monitor 0, where openbox centres the terminal.
+/// Waits until monitor 0, as this tablet decodes it, shows the terminal (its white
+/// background): typed keys need a window to go to, and under load the session can map its
+/// window after the tablet attached.
+async fn wait_for_terminal(v: &mut Viewer) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(d) = v.latest() {
+            // Luma 235 is white; the terminal is 484x316 pixels of it.
+            if d.image.y.iter().filter(|y| **y > 230).count() > 50_000 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the terminal never appeared on monitor 0"
+        );
+        let _ = v.next_frame(Duration::from_millis(500)).await.unwrap();
+    }
+}
+
+/// Waits for the terminal, then clicks it so it has the focus.
 async fn click_terminal(v: &mut Viewer) {
+    wait_for_terminal(v).await;
     v.send_input(WireInput::PointerMove { x: 512, y: 384 })
         .await
         .unwrap();
