@@ -7,10 +7,13 @@
 //! - [`home`]: the tablet's stored credentials;
 //! - [`discover`]: finding appliances by DNS-SD;
 //! - [`viewer`]: attaching to a monitor: frames in, decoded in order, input out, statistics.
+//! - [`present`]: the wgpu YUV->RGB renderer (window or offscreen);
+//! - [`window`]: the winit window that shows a monitor and captures input.
 
 pub mod discover;
 pub mod home;
 pub mod pairing;
+pub mod present;
 pub mod session;
 pub mod tls;
 pub mod viewer;

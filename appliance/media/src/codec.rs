@@ -287,3 +287,40 @@ impl H264Decoder {
         Ok(Some(img))
     }
 }
+
+/// Converts I420 to tightly packed BGRA with FFmpeg's swscale (BT.601 limited range, the
+/// reference the tablet's GPU conversion is checked against).
+pub fn swscale_i420_to_bgra(img: &I420) -> Result<Vec<u8>, CodecError> {
+    init()?;
+    let (w, h) = (img.width, img.height);
+    let mut sws = ff::software::scaling::Context::get(
+        Pixel::YUV420P,
+        w,
+        h,
+        Pixel::BGRA,
+        w,
+        h,
+        ff::software::scaling::Flags::POINT,
+    )?;
+    let mut src = VideoFrame::new(Pixel::YUV420P, w, h);
+    let (pw, ph) = (w as usize, h as usize);
+    for (plane, data, cw, ch) in [
+        (0, &img.y, pw, ph),
+        (1, &img.u, pw / 2, ph / 2),
+        (2, &img.v, pw / 2, ph / 2),
+    ] {
+        let stride = src.stride(plane);
+        let dst = src.data_mut(plane);
+        for row in 0..ch {
+            dst[row * stride..row * stride + cw].copy_from_slice(&data[row * cw..(row + 1) * cw]);
+        }
+    }
+    let mut out = VideoFrame::empty();
+    sws.run(&src, &mut out)?;
+    let stride = out.stride(0);
+    let mut bgra = Vec::with_capacity(pw * ph * 4);
+    for row in 0..ph {
+        bgra.extend_from_slice(&out.data(0)[row * stride..row * stride + pw * 4]);
+    }
+    Ok(bgra)
+}

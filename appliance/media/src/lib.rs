@@ -7,5 +7,7 @@
 pub mod codec;
 pub mod convert;
 
-pub use codec::{CodecError, EncoderReport, H264Decoder, H264Encoder, Packet};
+pub use codec::{
+    swscale_i420_to_bgra, CodecError, EncoderReport, H264Decoder, H264Encoder, Packet,
+};
 pub use convert::{bgra_to_i420, i420_to_bgra, psnr_bgra, I420};
