@@ -54,10 +54,17 @@ echo "The appliance is running (state in $state). Try, in another terminal:"
 echo "  $periphery --state-dir $state status"
 echo "  $periphery --state-dir $state ws screenshot desktop out.png"
 echo "  $periphery --state-dir $state device pair-code --user demo"
-echo "The local tablet now mirrors the demo desktop (headless: the window presenter is not"
-echo "built yet); it prints a stats line per second and saves $run_dir/tablet.png on Ctrl-C."
+if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+  echo "The local tablet now mirrors the demo desktop in a window (wgpu; it says which adapter it"
+  echo "uses), prints a stats line per second, and saves $run_dir/tablet.png when you leave."
+  view=()
+else
+  echo "No display here: the local tablet mirrors the demo desktop headless, prints a stats line"
+  echo "per second, and saves $run_dir/tablet.png on Ctrl-C."
+  view=(--headless)
+fi
 echo
 trap 'kill -INT $viewer 2>/dev/null; wait $viewer 2>/dev/null; kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null; exit 0' INT TERM
-"$tablet" --home "$tablet_home" attach desktop --mirror 0 --headless --screenshot "$run_dir/tablet.png" &
+"$tablet" --home "$tablet_home" attach desktop --mirror 0 "${view[@]}" --screenshot "$run_dir/tablet.png" &
 viewer=$!
 wait $daemon

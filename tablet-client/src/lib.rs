@@ -17,3 +17,4 @@ pub mod present;
 pub mod session;
 pub mod tls;
 pub mod viewer;
+pub mod window;

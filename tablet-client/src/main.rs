@@ -2,7 +2,10 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -13,6 +16,7 @@ use periphery_tablet::home::Home;
 use periphery_tablet::pairing::FirstContact;
 use periphery_tablet::session::{resolve, Session};
 use periphery_tablet::viewer::Viewer;
+use periphery_tablet::window::{self, FromWindow, Sizing, ToWindow};
 use periphery_tablet::{discover, tls};
 
 /// The Periphery tablet client.
@@ -72,31 +76,36 @@ enum Command {
         name: String,
     },
     /// Attach to a workstation: extend it with a monitor of this tablet's size, or mirror one.
-    Attach {
-        /// Workstation name.
-        name: String,
-        /// Extend: the workstation grows a monitor for this tablet (the default).
-        #[arg(long, conflicts_with = "mirror")]
-        extend: bool,
-        /// The size of this tablet's monitor when extending.
-        #[arg(long, default_value = "1280x800")]
-        size: String,
-        /// Mirror an existing monitor instead.
-        #[arg(long)]
-        mirror: Option<u32>,
-        /// Watch only: send no input.
-        #[arg(long)]
-        view_only: bool,
-        /// Decode without a window; print a stats line per second.
-        #[arg(long)]
-        headless: bool,
-        /// Save the latest frame as PNG when leaving.
-        #[arg(long)]
-        screenshot: Option<PathBuf>,
-        /// Leave after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<f64>,
-    },
+    Attach(AttachArgs),
+}
+
+/// How to attach.
+#[derive(Debug, clap::Args)]
+struct AttachArgs {
+    /// Workstation name.
+    name: String,
+    /// Extend: the workstation grows a monitor for this tablet (the default).
+    #[arg(long, conflicts_with = "mirror")]
+    extend: bool,
+    /// The size of this tablet's monitor when extending (default: the screen's size in a
+    /// full-screen window; 1280x800 headless).
+    #[arg(long)]
+    size: Option<String>,
+    /// Mirror an existing monitor instead.
+    #[arg(long)]
+    mirror: Option<u32>,
+    /// Watch only: send no input.
+    #[arg(long)]
+    view_only: bool,
+    /// Decode without a window; print a stats line per second.
+    #[arg(long)]
+    headless: bool,
+    /// Save the latest frame as PNG when leaving.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Leave after this many seconds (default: until Ctrl-C or the window closes).
+    #[arg(long)]
+    seconds: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,7 +128,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let outcome = match cli.command {
+        Command::Attach(args) if !args.headless => {
+            let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
+            attach_window(&rt, home, args)
+        }
+        command => rt.block_on(run(cli.home, command)),
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -133,9 +149,9 @@ fn default_device_name() -> String {
     format!("tablet-{}", host.trim())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
-    match cli.command {
+async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
+    let home = Home::new(home.unwrap_or_else(Home::default_dir));
+    match command {
         Command::Discover { timeout, first } => {
             let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 300.0));
             let found =
@@ -237,71 +253,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             s.close().await;
         }
-        Command::Attach {
-            name,
-            extend: _,
-            size,
-            mirror,
-            view_only,
-            headless,
-            screenshot,
-            seconds,
-        } => {
-            if !headless {
-                anyhow::bail!("the window presenter is not available yet; use --headless");
-            }
-            let mode = match mirror {
-                Some(monitor) => AttachMode::Mirror { monitor },
-                None => {
-                    let (w, h) = size
-                        .split_once('x')
-                        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-                        .context("--size is WIDTHxHEIGHT, like 2732x2048")?;
-                    AttachMode::Extend {
-                        width: w,
-                        height: h,
-                    }
-                }
+        Command::Attach(args) => {
+            let size = match &args.size {
+                Some(s) => parse_size(s)?,
+                None => (1280, 800),
             };
-            let c = home.load()?;
-            let addr = resolve(&c.pairing.address).await?;
-            let config = tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)?;
-            let mut v = Viewer::attach(addr, config, &name, mode, view_only).await?;
-            let m = &v.attachment.monitor;
-            eprintln!(
-                "attached to {name} monitor {} ({}x{}); clock offset {:.1} ms",
-                m.id,
-                m.width,
-                m.height,
-                v.clock_offset_us() as f64 / 1000.0
-            );
-            let end = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    r = v.next_frame(Duration::from_millis(200)) => { r?; }
-                    _ = tick.tick() => {
-                        let st = v.take_stats();
-                        println!(
-                            "fps {:5.1}  latency p50 {:6.1} ms p99 {:6.1} ms  {:6.2} Mbit/s  dropped {}  frames {}  encoder {}",
-                            st.fps, st.p50_ms, st.p99_ms, st.mbit_s, st.dropped, st.total, v.encoder
-                        );
-                        v.report_stats(&st).await?;
-                    }
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-                if end.is_some_and(|e| tokio::time::Instant::now() >= e) {
-                    break;
-                }
-            }
-            if let Some(path) = screenshot {
-                let d = v.latest().context("no frame was decoded")?;
-                let bgra = periphery_media::i420_to_bgra(&d.image);
-                write_png(&path, d.image.width, d.image.height, &bgra)?;
-                eprintln!("saved frame {} to {}", d.header.sequence, path.display());
-            }
-            v.detach().await?;
+            let mut v = attach(&home, &args, size).await?;
+            watch(&mut v, &args, None).await?;
+            finish(v, &args).await?;
         }
         Command::Start { name } => {
             let mut s = connect(&home).await?;
@@ -372,4 +331,137 @@ fn write_png(path: &std::path::Path, w: u32, h: u32, bgra: &[u8]) -> anyhow::Res
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header()?.write_image_data(&rgb)?;
     Ok(())
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .context("--size is WIDTHxHEIGHT, like 2732x2048")
+}
+
+/// Attaches as `args` say; an extended monitor is `size`.
+async fn attach(home: &Home, args: &AttachArgs, size: (u32, u32)) -> anyhow::Result<Viewer> {
+    let mode = match args.mirror {
+        Some(monitor) => AttachMode::Mirror { monitor },
+        None => AttachMode::Extend {
+            width: size.0,
+            height: size.1,
+        },
+    };
+    let c = home.load()?;
+    let addr = resolve(&c.pairing.address).await?;
+    let config = tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)?;
+    let v = Viewer::attach(addr, config, &args.name, mode, args.view_only).await?;
+    let m = &v.attachment.monitor;
+    eprintln!(
+        "attached to {} monitor {} ({}x{}); clock offset {:.1} ms",
+        args.name,
+        m.id,
+        m.width,
+        m.height,
+        v.clock_offset_us() as f64 / 1000.0
+    );
+    Ok(v)
+}
+
+/// Receives, decodes and (with a window) shows frames, prints a stats line per second, and
+/// forwards the window's input, until Ctrl-C, `--seconds`, or the window closes.
+async fn watch(
+    v: &mut Viewer,
+    args: &AttachArgs,
+    mut window: Option<(ToWindow, mpsc::Receiver<FromWindow>)>,
+) -> anyhow::Result<()> {
+    let end = args
+        .seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = v.next_frame(Duration::from_millis(200)) => {
+                if let (Some(d), Some((w, _))) = (r?, &window) {
+                    w.frame(d);
+                }
+            }
+            _ = tick.tick() => {
+                let st = v.take_stats();
+                let line = format!(
+                    "fps {:5.1}  latency p50 {:6.1} ms p99 {:6.1} ms  {:6.2} Mbit/s  dropped {}  frames {}  encoder {}",
+                    st.fps, st.p50_ms, st.p99_ms, st.mbit_s, st.dropped, st.total, v.encoder
+                );
+                println!("{line}");
+                if let Some((w, _)) = &window {
+                    w.status(format!("{:.0} fps, {:.0} ms", st.fps, st.p50_ms));
+                }
+                v.report_stats(&st).await?;
+            }
+            m = async {
+                match window.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match m {
+                    Some(FromWindow::Input(e)) if !args.view_only => v.send_input(e).await?,
+                    Some(FromWindow::Input(_)) => {}
+                    Some(FromWindow::Close) | None => break,
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if end.is_some_and(|e| tokio::time::Instant::now() >= e) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Saves the screenshot if asked, and detaches.
+async fn finish(v: Viewer, args: &AttachArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.screenshot {
+        let d = v.latest().context("no frame was decoded")?;
+        let bgra = periphery_media::i420_to_bgra(&d.image);
+        write_png(path, d.image.width, d.image.height, &bgra)?;
+        eprintln!("saved frame {} to {}", d.header.sequence, path.display());
+    }
+    // Leaving anyway: a detach that fails (the appliance went away first) is only worth a note;
+    // the appliance removes the monitor when the connection's grace runs out.
+    if let Err(e) = v.detach().await {
+        eprintln!("note: did not detach cleanly: {e:#}");
+    }
+    Ok(())
+}
+
+/// Attach with a window: winit runs on this thread, the network side on the runtime.
+fn attach_window(rt: &tokio::runtime::Runtime, home: Home, args: AttachArgs) -> anyhow::Result<()> {
+    let explicit = args.size.as_deref().map(parse_size).transpose()?;
+    let sizing = match (explicit, args.mirror) {
+        (None, None) => Sizing::FullScreen,
+        (Some((w, h)), _) => Sizing::Windowed(w, h),
+        (None, Some(_)) => Sizing::Windowed(1280, 800),
+    };
+    let title = match args.mirror {
+        Some(m) => format!("{} (mirror of monitor {m})", args.name),
+        None => args.name.clone(),
+    };
+    let (input_tx, input_rx) = mpsc::channel(1024);
+    let outcome: Arc<Mutex<Option<anyhow::Result<()>>>> = Arc::default();
+    let result = outcome.clone();
+    let handle = rt.handle().clone();
+    window::run(title, sizing, input_tx, move |screen, to_window| {
+        handle.spawn(async move {
+            let r = async {
+                let mut v = attach(&home, &args, explicit.unwrap_or(screen)).await?;
+                let r = watch(&mut v, &args, Some((to_window.clone(), input_rx))).await;
+                finish(v, &args).await?;
+                r
+            }
+            .await;
+            *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            to_window.finished();
+        });
+    })?;
+    let r = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+    r.unwrap_or(Ok(()))
 }
