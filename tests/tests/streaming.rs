@@ -19,7 +19,15 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("state"), DaemonOptions::default());
+    // Keep captured frames, so decoded pictures can be checked against the frame with the
+    // same sequence number.
+    let d = Daemon::start(
+        &dir.path().join("state"),
+        DaemonOptions {
+            config: Some("[streaming]\nkeep_source_frames = 120\n".into()),
+            ..Default::default()
+        },
+    );
     d.ok(&["user", "add", "alice", "--no-password"]);
     d.ok(&["user", "add", "bob", "--no-password"]);
     d.create_ws("alice", "design", "1024x768");
@@ -114,18 +122,40 @@ async fn click_terminal(v: &mut Viewer) {
     }
 }
 
-/// Decodes until the screen has been still for `quiet`; returns the last picture as BGRA.
-async fn still_picture(v: &mut Viewer, quiet: Duration) -> (u32, u32, Vec<u8>) {
-    loop {
-        if v.next_frame(quiet).await.unwrap().is_none() {
-            let d = v.latest().expect("a frame");
-            return (
-                d.image.width,
-                d.image.height,
-                periphery_media::i420_to_bgra(&d.image),
-            );
-        }
-    }
+/// Decodes what has arrived, then compares the newest picture with the captured frame the
+/// appliance sent with its sequence number; returns the PSNR.
+async fn psnr_against_source(s: &Setup, v: &mut Viewer) -> f64 {
+    while v
+        .next_frame(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    let d = v.latest().expect("a frame");
+    let (seq, monitor) = (d.header.sequence, v.attachment.monitor.id);
+    let png = s.dir.path().join(format!("source-{monitor}-{seq}.png"));
+    s.d.ok(&[
+        "ws",
+        "screenshot",
+        "design",
+        "--monitor",
+        &monitor.to_string(),
+        "--sequence",
+        &seq.to_string(),
+        png.to_str().unwrap(),
+    ]);
+    let (w, h) = (d.image.width as usize, d.image.height as usize);
+    let (sw, sh, rgb) =
+        periphery_workstation::png::decode_rgb(&std::fs::read(&png).unwrap()).unwrap();
+    assert_eq!((sw as usize, sh as usize), (w, h));
+    let source: Vec<u8> = rgb
+        .chunks(3)
+        .flat_map(|p| [p[2], p[1], p[0], 255])
+        .collect();
+    let decoded = periphery_media::i420_to_bgra(&d.image);
+    let psnr = periphery_media::psnr_bgra(&decoded, w * 4, &source, w * 4, w, h);
+    println!("monitor {monitor} frame {seq}: decoded vs captured PSNR {psnr:.1} dB");
+    psnr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,34 +192,16 @@ async fn three_tablets_see_their_own_monitors_and_type_into_the_desktop() {
     let status = s.d.ok(&["status"]);
     assert!(status.contains("fps, latency p50"), "{status}");
 
-    // What the mirroring tablet decoded is what the monitor shows.
-    let (w, h, decoded) = still_picture(&mut c, Duration::from_millis(1500)).await;
-    let png = s.dir.path().join("m0.png");
-    s.d.ok(&[
-        "ws",
-        "screenshot",
-        "design",
-        "--monitor",
-        "0",
-        png.to_str().unwrap(),
-    ]);
-    let (sw, sh, rgb) =
-        periphery_workstation::png::decode_rgb(&std::fs::read(&png).unwrap()).unwrap();
-    assert_eq!((sw, sh), (w, h));
-    let shot: Vec<u8> = rgb
-        .chunks(3)
-        .flat_map(|p| [p[2], p[1], p[0], 255])
-        .collect();
-    let psnr = periphery_media::psnr_bgra(
-        &decoded,
-        w as usize * 4,
-        &shot,
-        w as usize * 4,
-        w as usize,
-        h as usize,
-    );
-    println!("decoded vs captured: PSNR {psnr:.1} dB");
-    assert!(psnr >= 35.0, "PSNR {psnr:.1} dB");
+    // What each tablet decoded is what was captured: the frame with the same sequence number.
+    for v in [&mut a, &mut b, &mut c] {
+        let psnr = psnr_against_source(&s, v).await;
+        assert!(psnr >= 35.0, "PSNR {psnr:.1} dB");
+    }
+    // Frames not kept (any more) are refused with what is.
+    let err =
+        s.d.cli(&["ws", "screenshot", "design", "--sequence", "0", "/dev/null"]);
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(err.contains("frame 0 is not kept (kept: "), "{err}");
 
     // Typing from the mirroring tablet reaches the terminal; the change comes back as frames.
     click_terminal(&mut c).await;
@@ -205,6 +217,12 @@ async fn three_tablets_see_their_own_monitors_and_type_into_the_desktop() {
         .await
         .unwrap()
         .is_some());
+    // The typing came back as new frames (P-frames after the first keyframe), and they too
+    // match their captured frames.
+    let psnr = psnr_against_source(&s, &mut c).await;
+    let seq = c.latest().unwrap().header.sequence;
+    assert!(seq > 1, "only frame {seq} arrived");
+    assert!(psnr >= 35.0, "frame {seq}: PSNR {psnr:.1} dB");
 
     // Detaching an extended tablet removes its monitor.
     let gone = a.attachment.monitor.id;

@@ -300,6 +300,17 @@ pub enum Request {
         /// The figures.
         stats: TabletStats,
     },
+    /// The captured frame a monitor's stream sent with `sequence`, as PNG: what tablets'
+    /// decoded pictures are checked against. Only the last few are kept, and only when the
+    /// appliance is configured to (`[streaming] keep_source_frames`). Answer: [`Response::Png`].
+    SourceFrame {
+        /// `name` or `user/name`.
+        ws: String,
+        /// Monitor id.
+        monitor: u32,
+        /// The frame's sequence number in its stream.
+        sequence: u64,
+    },
 }
 
 /// A tablet's figures over its last window.
@@ -375,6 +386,7 @@ impl Request {
             Request::KeyframeRequest { .. } => "keyframe-request",
             Request::Ping { .. } => "ping",
             Request::ReportStats { .. } => "report-stats",
+            Request::SourceFrame { .. } => "source-frame",
         }
     }
 }

@@ -34,6 +34,18 @@ pub struct FileConfig {
     /// Workstation settings.
     #[serde(default)]
     pub workstations: WorkstationsFile,
+    /// `[streaming]`.
+    #[serde(default)]
+    pub streaming: StreamingFile,
+}
+
+/// `[streaming]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingFile {
+    /// Keep this many captured frames per streamed monitor, for `ws screenshot --sequence`
+    /// (diagnostics: checking what tablets decode against what was captured). 0 = none.
+    pub keep_source_frames: Option<usize>,
 }
 
 /// `[workstations]` table.
@@ -127,6 +139,8 @@ pub struct Config {
     pub log_level: String,
     /// How workstations run.
     pub workstations: WorkstationSettings,
+    /// Captured frames kept per streamed monitor (diagnostics).
+    pub keep_source_frames: usize,
 }
 
 /// A configuration value is wrong; names the key.
@@ -316,8 +330,16 @@ impl Config {
                 }
             };
         }
+        let keep_source_frames = file.streaming.keep_source_frames.unwrap_or(0);
+        if keep_source_frames > 240 {
+            return Err(invalid(
+                "streaming.keep_source_frames",
+                format!("{keep_source_frames} is outside 0..=240"),
+            ));
+        }
         Ok(Config {
             workstations,
+            keep_source_frames,
             state_dir,
             name,
             listen,
@@ -384,6 +406,15 @@ mod tests {
         assert!(e.to_string().contains("log.format"), "{e}");
         let e = build("name = \"bad name\"", Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("`name`"), "{e}");
+        let e = build(
+            "[streaming]\nkeep_source_frames = 1000",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("streaming.keep_source_frames"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -205,6 +205,10 @@ enum WsCommand {
         /// Monitor id.
         #[arg(long, default_value_t = 0)]
         monitor: u32,
+        /// Instead of what it shows now: the captured frame its stream sent with this sequence
+        /// number (needs `[streaming] keep_source_frames`).
+        #[arg(long)]
+        sequence: Option<u64>,
         /// Output file.
         out: PathBuf,
     },
@@ -631,8 +635,21 @@ async fn ws(state_dir: &std::path::Path, cmd: WsCommand) -> anyhow::Result<()> {
         WsCommand::Monitor(MonitorCommand::Remove { ws, monitor }) => {
             show(c.request(Request::MonitorRemove { ws, monitor }).await?)?
         }
-        WsCommand::Screenshot { ws, monitor, out } => {
-            let Response::Png(png) = c.request(Request::Screenshot { ws, monitor }).await? else {
+        WsCommand::Screenshot {
+            ws,
+            monitor,
+            sequence,
+            out,
+        } => {
+            let request = match sequence {
+                Some(sequence) => Request::SourceFrame {
+                    ws,
+                    monitor,
+                    sequence,
+                },
+                None => Request::Screenshot { ws, monitor },
+            };
+            let Response::Png(png) = c.request(request).await? else {
                 anyhow::bail!("unexpected answer");
             };
             std::fs::write(&out, &png)

@@ -14,7 +14,7 @@
 //! - An extended monitor outlives its tablet's connection for [`RECONNECT_GRACE`]: the same
 //!   device attaching again gets it back; otherwise it is removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,6 +71,18 @@ pub struct Pipeline {
     last_key_request: Mutex<Option<Instant>>,
     encoder: Mutex<String>,
     encoded: AtomicU64,
+    /// The last captured frames sent, by sequence (diagnostics; empty unless configured).
+    kept: Mutex<VecDeque<KeptFrame>>,
+    keep: usize,
+}
+
+/// A captured frame as its stream sent it.
+struct KeptFrame {
+    sequence: u64,
+    width: u32,
+    height: u32,
+    /// BGRX, tightly packed.
+    data: Vec<u8>,
 }
 
 impl Pipeline {
@@ -111,6 +123,7 @@ pub struct Streaming {
     inputs: Mutex<HashMap<String, std::sync::mpsc::Sender<(u32, InputEvent)>>>,
     limiters: Mutex<HashMap<u64, InputLimiter>>,
     next_id: AtomicU64,
+    keep_source_frames: usize,
 }
 
 impl std::fmt::Debug for Streaming {
@@ -137,8 +150,9 @@ pub struct PipelineStatus {
 }
 
 impl Streaming {
-    /// Streams of `workstations`.
-    pub fn new(workstations: Arc<Workstations>) -> Self {
+    /// Streams of `workstations`; each streamed monitor keeps its last `keep_source_frames`
+    /// captured frames for [`Streaming::source_frame`].
+    pub fn new(workstations: Arc<Workstations>, keep_source_frames: usize) -> Self {
         Self {
             clock: Instant::now(),
             workstations,
@@ -148,7 +162,56 @@ impl Streaming {
             inputs: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            keep_source_frames,
         }
+    }
+
+    /// The captured frame monitor `monitor` of `ws_id` sent with `sequence`, as PNG.
+    pub fn source_frame(
+        &self,
+        ws_id: &str,
+        monitor: u32,
+        sequence: u64,
+    ) -> Result<Vec<u8>, ApiError> {
+        if self.keep_source_frames == 0 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "the appliance keeps no source frames: set [streaming] keep_source_frames",
+            ));
+        }
+        let p = lock(&self.pipelines)
+            .get(&(ws_id.to_owned(), monitor))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("monitor {monitor} is not being streamed"),
+                )
+            })?;
+        let kept = lock(&p.kept);
+        let f = kept
+            .iter()
+            .find(|f| f.sequence == sequence)
+            .ok_or_else(|| {
+                let range = match (kept.front(), kept.back()) {
+                    (Some(a), Some(b)) => format!("{}..={}", a.sequence, b.sequence),
+                    _ => "none".into(),
+                };
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("frame {sequence} is not kept (kept: {range})"),
+                )
+            })?;
+        let frame = periphery_workstation::Frame {
+            width: f.width,
+            height: f.height,
+            stride: f.width as usize * 4,
+            data: &f.data,
+            captured_at: Instant::now(),
+            damage: Vec::new(),
+        };
+        periphery_workstation::png::encode(&frame)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
     }
 
     /// The appliance clock: microseconds since start.
@@ -252,6 +315,8 @@ impl Streaming {
                         last_key_request: Mutex::new(None),
                         encoder: Mutex::new("starting".into()),
                         encoded: AtomicU64::new(0),
+                        kept: Mutex::new(VecDeque::new()),
+                        keep: self.keep_source_frames,
                     });
                     let (p2, ws, map2, clock) = (
                         p.clone(),
@@ -588,6 +653,25 @@ fn run_pipeline(
                 bytes: encode_video_frame(&header, &pkt.data),
             });
             p.encoded.fetch_add(1, Ordering::Relaxed);
+            if p.keep > 0 {
+                // The packet is this capture's (libx264 zerolatency and the hardware
+                // encoders emit one access unit per input, no reordering).
+                let mut kept = lock(&p.kept);
+                if kept.len() == p.keep {
+                    kept.pop_front();
+                }
+                kept.push_back(KeptFrame {
+                    sequence,
+                    width: w,
+                    height: h,
+                    data: (0..h as usize)
+                        .flat_map(|r| {
+                            &frame.data[r * frame.stride..r * frame.stride + w as usize * 4]
+                        })
+                        .copied()
+                        .collect(),
+                });
+            }
             fan_out(&p, &out);
         }
     }

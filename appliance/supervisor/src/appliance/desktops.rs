@@ -202,6 +202,16 @@ impl Appliance {
                     .map_err(ws_op_err)?;
                 Ok(Response::Png(png))
             }
+            Request::SourceFrame {
+                ws,
+                monitor,
+                sequence,
+            } => {
+                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                Ok(Response::Png(
+                    self.streaming.source_frame(&rec.id, monitor, sequence)?,
+                ))
+            }
             other => Err(ApiError::new(
                 ErrorCode::Internal,
                 format!("{} is not a workstation request", other.name()),

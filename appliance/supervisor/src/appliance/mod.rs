@@ -145,6 +145,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::MonitorAdd { .. }
         | Request::MonitorRemove { .. }
         | Request::Screenshot { .. }
+        | Request::SourceFrame { .. }
         | Request::Attach { .. }
         | Request::Detach { .. }
         | Request::KeyframeRequest { .. }
@@ -286,6 +287,7 @@ impl Appliance {
             };
             devices.set(&d.fingerprint, standing);
         }
+        let keep_source_frames = config.keep_source_frames;
         Ok(Self {
             codes: Mutex::new(PendingCodes::new(config.code_ttl)),
             limiter: Mutex::new(AttemptLimiter::new(
@@ -301,7 +303,7 @@ impl Appliance {
             started: Instant::now(),
             listening,
             discovery: Mutex::new("starting".into()),
-            streaming: Arc::new(Streaming::new(workstations.clone())),
+            streaming: Arc::new(Streaming::new(workstations.clone(), keep_source_frames)),
             workstations,
         })
     }
@@ -465,6 +467,7 @@ impl Appliance {
             | Request::MonitorAdd { .. }
             | Request::MonitorRemove { .. }
             | Request::Screenshot { .. }
+            | Request::SourceFrame { .. }
             | Request::Attach { .. }
             | Request::Detach { .. }
             | Request::KeyframeRequest { .. }
