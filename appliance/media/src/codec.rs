@@ -175,6 +175,11 @@ impl H264Encoder {
         &self.report
     }
 
+    /// The picture size it was opened for.
+    pub fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
     /// Encodes one picture; `keyframe` forces an IDR frame. Returns the packets ready now
     /// (zero-latency settings: normally exactly one).
     pub fn encode(

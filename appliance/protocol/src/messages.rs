@@ -600,8 +600,24 @@ pub struct StreamInfo {
     pub tablets: u32,
     /// Frames encoded so far.
     pub frames: u64,
+    /// Where the pipeline's time goes, averaged over recent frames.
+    pub figures: PipelineFigures,
     /// The attached tablets' device ids and their last reported figures.
     pub tablet_stats: Vec<(String, Option<TabletStats>)>,
+}
+
+/// A streamed monitor's pipeline figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineFigures {
+    /// Frames encoded per second over the last second.
+    pub fps: f32,
+    /// Waiting for the screen to change and reading it, per frame, ms: high when the content
+    /// is what limits the rate, near zero when the pipeline is.
+    pub capture_ms: f32,
+    /// BGRA->YUV conversion per frame, ms.
+    pub convert_ms: f32,
+    /// Encoding per frame, ms.
+    pub encode_ms: f32,
 }
 
 /// Why a request failed.

@@ -392,6 +392,11 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
             "  {} monitor {}: {} tablet(s), {} frames, encoder {}",
             st.workstation, st.monitor, st.tablets, st.frames, st.encoder
         );
+        let f = &st.figures;
+        println!(
+            "    pipeline: {:.1} fps, per frame: capture (incl. waiting for changes) {:.1} ms, convert {:.1} ms, encode {:.1} ms",
+            f.fps, f.capture_ms, f.convert_ms, f.encode_ms
+        );
         for (device, figures) in &st.tablet_stats {
             match figures {
                 Some(f) => println!(

@@ -644,6 +644,7 @@ impl Appliance {
                 encoder: p.encoder,
                 tablets: p.tablets as u32,
                 frames: p.encoded,
+                figures: p.figures,
                 tablet_stats: p.tablets_stats,
             })
             .collect();
