@@ -600,10 +600,10 @@ pub struct StreamInfo {
     pub tablets: u32,
     /// Frames encoded so far.
     pub frames: u64,
-    /// Where the pipeline's time goes, averaged over recent frames.
-    pub figures: PipelineFigures,
     /// The attached tablets' device ids and their last reported figures.
     pub tablet_stats: Vec<(String, Option<TabletStats>)>,
+    /// Where the pipeline's time goes, averaged over recent frames.
+    pub figures: PipelineFigures,
 }
 
 /// A streamed monitor's pipeline figures.
