@@ -6,6 +6,8 @@
 //! - `device_by_fingerprint`: certificate fingerprint -> device id (since schema 2)
 //! - `audit`: sequence -> [`AuditRecord`]
 //! - `workstations`: id -> [`WorkstationRecord`] (since schema 3)
+//! - `sessions`: workstation id -> [`periphery_session::Session`] (since schema 4; a workstation
+//!   without one has a fresh session of its owner)
 //!
 //! Records are postcard-encoded, which is not self-describing: a change to a record is a new
 //! schema version with a migration in [`migrate`] and a test that opens a file of the old
@@ -19,9 +21,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use periphery_protocol::Role;
+use periphery_session::Session;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -29,6 +32,7 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const DEVICE_BY_FP: TableDefinition<&str, &str> = TableDefinition::new("device_by_fingerprint");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const WORKSTATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("workstations");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
 /// The first uid handed to workstations when the supervisor runs as root (the range systemd
 /// uses for dynamic users, 61184-65519).
@@ -247,13 +251,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(db)?;
         let out = f(&tx)??;
         if let Some(a) = audit {
-            let mut t = tx.open_table(AUDIT).map_err(db)?;
-            let next = t
-                .last()
-                .map_err(db)?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(1);
-            t.insert(next, encode(a).as_slice()).map_err(db)?;
+            append_audit(&tx, a)?;
         }
         tx.commit().map_err(db)?;
         Ok(out)
@@ -525,6 +523,10 @@ impl Store {
             if t.remove(id).map_err(db)?.is_none() {
                 return Ok(Err(LookupError::NotFound(format!("workstation {id}"))));
             }
+            tx.open_table(SESSIONS)
+                .map_err(db)?
+                .remove(id)
+                .map_err(db)?;
             Ok(Ok(()))
         })
     }
@@ -547,6 +549,75 @@ pub enum AddWorkstationError {
     Store(#[from] StoreError),
 }
 
+fn append_audit(tx: &redb::WriteTransaction, a: &AuditRecord) -> Result<(), StoreError> {
+    let mut t = tx.open_table(AUDIT).map_err(db)?;
+    let next = t
+        .last()
+        .map_err(db)?
+        .map(|(k, _)| k.value() + 1)
+        .unwrap_or(1);
+    t.insert(next, encode(a).as_slice()).map_err(db)?;
+    Ok(())
+}
+
+impl Store {
+    /// The session of workstation `ws`, if one was stored.
+    pub fn session(&self, ws: &str) -> Result<Option<Session>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SESSIONS).map_err(db)?;
+        let v = t.get(ws).map_err(db)?;
+        v.map(|v| decode("sessions", ws, v.value())).transpose()
+    }
+
+    /// Every stored session, by workstation id.
+    pub fn sessions(&self) -> Result<Vec<(String, Session)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SESSIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.push((
+                k.value().to_owned(),
+                decode("sessions", k.value(), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One session transition, atomically: `f` changes the session of workstation `ws` (a
+    /// fresh one of `owner` when none is stored) and returns its outcome with the audit
+    /// entries it earns; the session and the entries are written in one transaction, or
+    /// nothing is when `f` refuses.
+    pub fn update_session<T, E>(
+        &self,
+        ws: &str,
+        owner: &str,
+        f: impl FnOnce(&mut Session) -> Result<(T, Vec<AuditRecord>), E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let out = {
+            let mut t = tx.open_table(SESSIONS).map_err(db)?;
+            let stored = t.get(ws).map_err(db)?.map(|v| v.value().to_vec());
+            let mut session = match stored {
+                Some(bytes) => decode("sessions", ws, &bytes)?,
+                None => Session::new(owner),
+            };
+            match f(&mut session) {
+                Err(e) => return Ok(Err(e)),
+                Ok((out, audit)) => {
+                    t.insert(ws, encode(&session).as_slice()).map_err(db)?;
+                    for a in &audit {
+                        append_audit(&tx, a)?;
+                    }
+                    out
+                }
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(Ok(out))
+    }
+}
+
 fn db_err(e: redb::DatabaseError) -> StoreError {
     db(e)
 }
@@ -561,6 +632,7 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
             tx.open_table(DEVICE_BY_FP).map_err(db)?;
             tx.open_table(AUDIT).map_err(db)?;
             tx.open_table(WORKSTATIONS).map_err(db)?;
+            tx.open_table(SESSIONS).map_err(db)?;
             SCHEMA_VERSION
         }
         // 1 -> 2: index devices by certificate fingerprint (the TLS handshake looks them up).
@@ -580,6 +652,11 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
         2 => {
             tx.open_table(WORKSTATIONS).map_err(db)?;
             3
+        }
+        // 3 -> 4: sessions (handoffs and shares).
+        3 => {
+            tx.open_table(SESSIONS).map_err(db)?;
+            4
         }
         _ => unreachable!("migrate called past SCHEMA_VERSION"),
     })
@@ -748,6 +825,66 @@ mod tests {
             .add_workstation(ws("w-5", "bob", "other"), &audit())
             .unwrap();
         assert_eq!(c.uid, WORKSTATION_UID_BASE + 1);
+    }
+
+    #[test]
+    fn session_transitions_commit_with_their_audit_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.add_user(&user("alice"), &audit()).unwrap();
+            s.add_workstation(ws("w-1", "alice", "design"), &audit())
+                .unwrap();
+            assert_eq!(s.session("w-1").unwrap(), None);
+            let before = s.audit_tail(100).unwrap().len();
+            s.update_session("w-1", "alice", |x| {
+                x.offer(0, "o1", "alice", "d1", "bob", 60_000, false)
+                    .map(|_| ((), vec![audit(), audit()]))
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(s.audit_tail(100).unwrap().len(), before + 2);
+            // A refused transition writes neither the session nor an audit entry.
+            let refused = s
+                .update_session("w-1", "alice", |x| {
+                    x.accept(1, "o1", "carol").map(|_| ((), vec![audit()]))
+                })
+                .unwrap();
+            assert!(refused.is_err());
+            assert_eq!(s.audit_tail(100).unwrap().len(), before + 2);
+        }
+        // Reopened: the offer is there, nothing half-applied.
+        let s = Store::open(&path).unwrap();
+        let session = s.session("w-1").unwrap().unwrap();
+        assert_eq!(session.holder, "alice");
+        assert_eq!(session.offers.len(), 1);
+        assert_eq!(s.sessions().unwrap().len(), 1);
+        s.delete_workstation("w-1", &audit()).unwrap();
+        assert_eq!(s.session("w-1").unwrap(), None);
+    }
+
+    #[test]
+    fn schema_3_file_gains_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", 3)
+                .unwrap();
+            for t in [USERS, DEVICES, WORKSTATIONS] {
+                tx.open_table(t).unwrap();
+            }
+            tx.open_table(DEVICE_BY_FP).unwrap();
+            tx.open_table(AUDIT).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 4);
+        assert!(s.sessions().unwrap().is_empty());
     }
 
     #[test]
