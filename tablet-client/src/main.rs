@@ -15,7 +15,7 @@ use periphery_protocol::{AttachMode, Identity, Request, Response};
 use periphery_tablet::home::Home;
 use periphery_tablet::pairing::FirstContact;
 use periphery_tablet::session::{resolve, Session};
-use periphery_tablet::viewer::Viewer;
+use periphery_tablet::viewer::{Viewer, ViewerError};
 use periphery_tablet::window::{self, FromWindow, Sizing, ToWindow};
 use periphery_tablet::{discover, tls};
 
@@ -77,6 +77,158 @@ enum Command {
     },
     /// Attach to a workstation: extend it with a monitor of this tablet's size, or mirror one.
     Attach(AttachArgs),
+    /// Offer a workstation session to a colleague: control moves when they accept.
+    Handoff {
+        /// Workstation name (or user/name).
+        name: String,
+        /// The user to hand it to.
+        #[arg(long)]
+        to: String,
+        /// Allow taking it back with `reclaim`.
+        #[arg(long)]
+        reclaimable: bool,
+        /// How long the offer stands: 90s, 5m, 1h.
+        #[arg(long, default_value = "120s")]
+        expires: String,
+    },
+    /// Offers made to or by this user.
+    Offers,
+    /// Accept an offer: the session becomes yours, and this tablet attaches to it.
+    Accept {
+        /// The offer id.
+        offer: String,
+        /// Only accept; do not attach.
+        #[arg(long)]
+        no_attach: bool,
+        /// Attach without a window.
+        #[arg(long)]
+        headless: bool,
+        /// Leave after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Save the latest frame as PNG when leaving.
+        #[arg(long)]
+        screenshot: Option<PathBuf>,
+    },
+    /// Decline an offer made to you.
+    Decline {
+        /// The offer id.
+        offer: String,
+    },
+    /// Withdraw an offer you made.
+    Withdraw {
+        /// The offer id.
+        offer: String,
+    },
+    /// Take back a session you handed off with --reclaimable.
+    Reclaim {
+        /// Workstation (user/name).
+        name: String,
+    },
+    /// Share a session without handing it off.
+    Share {
+        /// Workstation name.
+        name: String,
+        /// The user to share with.
+        #[arg(long)]
+        with: String,
+        /// Watch only (the default).
+        #[arg(long, conflicts_with = "control")]
+        view_only: bool,
+        /// Co-control: they may take the input floor.
+        #[arg(long)]
+        control: bool,
+    },
+    /// End a share (or leave one shared with you).
+    Unshare {
+        /// Workstation name.
+        name: String,
+        /// The user (default: yourself, leaving).
+        #[arg(long)]
+        with: Option<String>,
+    },
+    /// The input floor of a co-controlled session.
+    Floor {
+        /// `take`.
+        action: FloorAction,
+        /// Workstation (name or user/name).
+        name: String,
+    },
+    /// Who controls and watches a session, and its pending offers.
+    Session {
+        /// Workstation (name or user/name).
+        name: String,
+    },
+    /// A session's offers, accepts, declines, expiries, shares (owner and controller).
+    History {
+        /// Workstation (name or user/name).
+        name: String,
+    },
+}
+
+/// What to do with the floor.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FloorAction {
+    /// Take the floor: your input is applied, the others' is not.
+    Take,
+}
+
+/// "90s", "5m", "1h", or plain seconds.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("'{s}' is not a duration like 90s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => anyhow::bail!("'{s}': use s, m or h"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn print_offer(o: &periphery_protocol::OfferInfo) {
+    let left = o.expires_ms.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    ) / 1000;
+    println!(
+        "{}  {}  from {} (device {}) to {}  expires in {left}s{}",
+        o.id,
+        o.ws,
+        o.from_user,
+        o.from_device,
+        o.to_user,
+        if o.reclaimable { "  reclaimable" } else { "" }
+    );
+}
+
+fn print_notice(n: &periphery_protocol::Notice) {
+    use periphery_protocol::Notice;
+    match n {
+        Notice::Offered(o) => {
+            eprint!("notice: {} offers you {}: ", o.from_user, o.ws);
+            eprintln!("periphery-tablet accept {}", o.id);
+        }
+        Notice::OfferEnded { offer, outcome, by } => eprintln!(
+            "notice: offer {} of {} to {} {outcome}{}",
+            offer.id,
+            offer.ws,
+            offer.to_user,
+            by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
+        ),
+        Notice::Floor { ws, holder } => eprintln!("notice: {holder} holds the floor of {ws}"),
+        Notice::Shared { ws, by, access } => {
+            eprintln!("notice: {by} shared {ws} with you ({access})")
+        }
+        Notice::Detached { reason, .. } => eprintln!("notice: detached: {reason}"),
+        Notice::Closing { reason } => eprintln!("notice: the appliance is closing: {reason}"),
+    }
 }
 
 /// How to attach.
@@ -259,8 +411,146 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
                 None => (1280, 800),
             };
             let mut v = attach(&home, &args, size).await?;
-            watch(&mut v, &args, None).await?;
-            finish(v, &args).await?;
+            let attached = watch(&mut v, &args, None).await?;
+            finish(v, &args, attached).await?;
+        }
+        Command::Handoff {
+            name,
+            to,
+            reclaimable,
+            expires,
+        } => {
+            let ttl = parse_duration(&expires)?;
+            let mut s = connect(&home).await?;
+            let r = s
+                .request(Request::HandoffOffer {
+                    ws: name,
+                    to,
+                    ttl_secs: ttl.as_secs(),
+                    reclaimable,
+                })
+                .await?;
+            let Response::Offer(o) = r else {
+                anyhow::bail!("unexpected answer");
+            };
+            print_offer(&o);
+            s.close().await;
+        }
+        Command::Offers => {
+            let mut s = connect(&home).await?;
+            let Response::Offers(list) = s.request(Request::Offers).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            if list.is_empty() {
+                println!("no pending offers");
+            }
+            for o in &list {
+                print_offer(o);
+            }
+            s.close().await;
+        }
+        Command::Accept {
+            offer,
+            no_attach,
+            headless,
+            seconds,
+            screenshot,
+        } => {
+            let mut s = connect(&home).await?;
+            let r = s.request(Request::HandoffAccept { offer }).await?;
+            let Response::HandedOff { ws, epoch } = r else {
+                anyhow::bail!("unexpected answer");
+            };
+            println!("{ws} is yours (session epoch {epoch})");
+            s.close().await;
+            if !no_attach {
+                let args = AttachArgs {
+                    name: ws,
+                    extend: false,
+                    size: None,
+                    mirror: Some(0),
+                    view_only: false,
+                    headless,
+                    screenshot,
+                    seconds,
+                };
+                if headless {
+                    let mut v = attach(&home, &args, (1280, 800)).await?;
+                    let attached = watch(&mut v, &args, None).await?;
+                    finish(v, &args, attached).await?;
+                } else {
+                    anyhow::bail!(
+                        "accepted; attach with a window: periphery-tablet attach {} --mirror 0",
+                        args.name
+                    );
+                }
+            }
+        }
+        Command::Decline { offer } => simple(&home, Request::HandoffDecline { offer }).await?,
+        Command::Withdraw { offer } => simple(&home, Request::HandoffWithdraw { offer }).await?,
+        Command::Reclaim { name } => simple(&home, Request::Reclaim { ws: name }).await?,
+        Command::Share {
+            name,
+            with,
+            view_only: _,
+            control,
+        } => {
+            simple(
+                &home,
+                Request::Share {
+                    ws: name,
+                    with,
+                    control,
+                },
+            )
+            .await?
+        }
+        Command::Unshare { name, with } => {
+            let with = match with {
+                Some(w) => w,
+                None => match connect(&home).await?.welcome.identity {
+                    Some(periphery_protocol::Identity::Device { user, .. }) => user,
+                    _ => anyhow::bail!("say whose share ends with --with"),
+                },
+            };
+            simple(&home, Request::Unshare { ws: name, with }).await?
+        }
+        Command::Floor {
+            action: FloorAction::Take,
+            name,
+        } => simple(&home, Request::FloorTake { ws: name }).await?,
+        Command::Session { name } => {
+            let mut s = connect(&home).await?;
+            let Response::Session(i) = s.request(Request::SessionShow { ws: name }).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            println!("{}", i.ws);
+            println!("  controller {}  (epoch {})", i.holder, i.epoch);
+            if let Some(r) = &i.reclaimer {
+                println!("  reclaimable by {r}");
+            }
+            println!("  floor      {}", i.floor);
+            for (u, a) in &i.shares {
+                println!("  shared     {u} ({a})");
+            }
+            for o in &i.offers {
+                print!("  offer      ");
+                print_offer(o);
+            }
+            s.close().await;
+        }
+        Command::History { name } => {
+            let mut s = connect(&home).await?;
+            let Response::Audit(rows) = s.request(Request::History { ws: name }).await? else {
+                anyhow::bail!("unexpected answer");
+            };
+            for r in rows {
+                println!(
+                    "{:>6}  {}  {:<20} {:<20} {}",
+                    r.seq, r.at, r.actor, r.event, r.detail
+                );
+            }
+            s.close().await;
         }
         Command::Start { name } => {
             let mut s = connect(&home).await?;
@@ -366,12 +656,13 @@ async fn attach(home: &Home, args: &AttachArgs, size: (u32, u32)) -> anyhow::Res
 }
 
 /// Receives, decodes and (with a window) shows frames, prints a stats line per second, and
-/// forwards the window's input, until Ctrl-C, `--seconds`, or the window closes.
+/// forwards the window's input, until Ctrl-C, `--seconds`, or the window closes (`true`), or
+/// the appliance detaches this tablet (`false`, with the reason printed).
 async fn watch(
     v: &mut Viewer,
     args: &AttachArgs,
     mut window: Option<(ToWindow, mpsc::Receiver<FromWindow>)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let end = args
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
@@ -380,8 +671,18 @@ async fn watch(
     loop {
         tokio::select! {
             r = v.next_frame(Duration::from_millis(200)) => {
-                if let (Some(d), Some((w, _))) = (r?, &window) {
+                let r = match r {
+                    Err(ViewerError::Detached(reason)) => {
+                        eprintln!("detached: {reason}");
+                        return Ok(false);
+                    }
+                    r => r?,
+                };
+                if let (Some(d), Some((w, _))) = (r, &window) {
                     w.frame(d);
+                }
+                for n in v.notices.drain(..) {
+                    print_notice(&n);
                 }
             }
             _ = tick.tick() => {
@@ -414,16 +715,20 @@ async fn watch(
             break;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Saves the screenshot if asked, and detaches.
-async fn finish(v: Viewer, args: &AttachArgs) -> anyhow::Result<()> {
+/// Saves the screenshot if asked, and detaches (unless the appliance already did).
+async fn finish(v: Viewer, args: &AttachArgs, attached: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.screenshot {
         let d = v.latest().context("no frame was decoded")?;
         let bgra = periphery_media::i420_to_bgra(&d.image);
         write_png(path, d.image.width, d.image.height, &bgra)?;
         eprintln!("saved frame {} to {}", d.header.sequence, path.display());
+    }
+    if !attached {
+        v.abandon();
+        return Ok(());
     }
     // Leaving anyway: a detach that fails (the appliance went away first) is only worth a note;
     // the appliance removes the monitor when the connection's grace runs out.
@@ -454,8 +759,8 @@ fn attach_window(rt: &tokio::runtime::Runtime, home: Home, args: AttachArgs) -> 
             let r = async {
                 let mut v = attach(&home, &args, explicit.unwrap_or(screen)).await?;
                 let r = watch(&mut v, &args, Some((to_window.clone(), input_rx))).await;
-                finish(v, &args).await?;
-                r
+                finish(v, &args, *r.as_ref().unwrap_or(&true)).await?;
+                r.map(|_| ())
             }
             .await;
             *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
@@ -464,4 +769,16 @@ fn attach_window(rt: &tokio::runtime::Runtime, home: Home, args: AttachArgs) -> 
     })?;
     let r = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
     r.unwrap_or(Ok(()))
+}
+
+/// One request whose answer is `Done`.
+async fn simple(home: &Home, request: Request) -> anyhow::Result<()> {
+    let mut s = connect(home).await?;
+    let name = request.name();
+    match s.request(request).await? {
+        Response::Done => println!("{name}: done"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+    s.close().await;
+    Ok(())
 }

@@ -1,10 +1,15 @@
 //! A control-stream session with an appliance: connect, Hello/Welcome, request/response.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use periphery_protocol::{
-    encode_frame, hello, ApiError, ClientMessage, CloseCode, MessageDecoder, Request, Response,
-    ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME, SERVER_NAME,
+    encode_frame, hello, ApiError, ClientMessage, CloseCode, MessageDecoder, Notice, Request,
+    Response, ServerMessage, Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME, SERVER_NAME,
 };
 
 /// TLS alert codes that mean the appliance refused this device's certificate.
@@ -93,17 +98,36 @@ pub async fn resolve(host: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))
 }
 
-/// An open control stream.
+/// Responses awaited, by request id.
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, ApiError>>>>>;
+
+/// An open control stream. A reader task takes every message the appliance sends: responses
+/// go to the request waiting for them, notices (offers, detaches, ...) queue for
+/// [`Session::next_notice`].
 pub struct Session {
     /// The QUIC connection.
     pub conn: quinn::Connection,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    dec: MessageDecoder<ServerMessage>,
+    pending: Pending,
+    notices: mpsc::UnboundedReceiver<Notice>,
+    /// Why the reader stopped, once it has.
+    ended: Arc<Mutex<Option<String>>>,
     next_id: u32,
     /// The appliance's welcome.
     pub welcome: Welcome,
     _endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("welcome", &self.welcome)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Session {
@@ -113,75 +137,48 @@ impl Session {
         config: quinn::ClientConfig,
     ) -> Result<Self, SessionError> {
         let (conn, endpoint) = connect(addr, config).await?;
-        let (send, recv) = conn.open_bi().await.map_err(SessionError::Connection)?;
-        let mut s = Self {
-            conn,
-            send,
-            recv,
-            dec: MessageDecoder::new(MAX_SERVER_FRAME),
-            next_id: 1,
-            welcome: Welcome {
-                version: 0,
-                appliance: String::new(),
-                fingerprint: String::new(),
-                identity: None,
-            },
-            _endpoint: endpoint,
-        };
-        s.send(&ClientMessage::Hello(hello(concat!(
+        let (mut send, mut recv) = conn.open_bi().await.map_err(SessionError::Connection)?;
+        let hello = ClientMessage::Hello(hello(concat!(
             "periphery-tablet ",
             env!("CARGO_PKG_VERSION")
-        ))))
-        .await?;
-        match s.recv().await? {
-            ServerMessage::Welcome(w) => s.welcome = w,
+        )));
+        write(&conn, &mut send, &hello).await?;
+        let mut dec = MessageDecoder::new(MAX_SERVER_FRAME);
+        let welcome = match read(&conn, &mut recv, &mut dec).await? {
+            ServerMessage::Welcome(w) => w,
             other => return Err(SessionError::Protocol(format!("{other:?}"))),
-        }
-        Ok(s)
+        };
+        let pending: Pending = Arc::default();
+        let ended = Arc::new(Mutex::new(None));
+        let (notices_tx, notices) = mpsc::unbounded_channel();
+        tokio::spawn(reader(
+            conn.clone(),
+            recv,
+            dec,
+            pending.clone(),
+            notices_tx,
+            ended.clone(),
+        ));
+        Ok(Self {
+            conn,
+            send,
+            pending,
+            notices,
+            ended,
+            next_id: 1,
+            welcome,
+            _endpoint: endpoint,
+        })
     }
 
-    fn lost(&self, what: String) -> SessionError {
+    fn lost(&self) -> SessionError {
         match self.conn.close_reason() {
             Some(e) => SessionError::Connection(e),
-            None => SessionError::Stream(what),
-        }
-    }
-
-    async fn send(&mut self, m: &ClientMessage) -> Result<(), SessionError> {
-        let bytes = encode_frame(m, DEFAULT_MAX_FRAME)
-            .map_err(|e| SessionError::Protocol(e.to_string()))?;
-        if let Err(e) = self.send.write_all(&bytes).await {
-            return Err(self.lost(e.to_string()));
-        }
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> Result<ServerMessage, SessionError> {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            if let Some(m) = self
-                .dec
-                .next_message()
-                .map_err(|e| SessionError::Protocol(e.to_string()))?
-            {
-                return Ok(m);
-            }
-            match self.recv.read(&mut buf).await {
-                Ok(None) => {
-                    // Wait briefly for the close frame that explains why.
-                    let _ =
-                        tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed())
-                            .await;
-                    return Err(self.lost("the appliance ended the stream".into()));
-                }
-                Ok(Some(n)) => self.dec.push(&buf[..n]),
-                Err(e) => {
-                    let _ =
-                        tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed())
-                            .await;
-                    return Err(self.lost(e.to_string()));
-                }
-            }
+            None => SessionError::Stream(
+                lock(&self.ended)
+                    .clone()
+                    .unwrap_or_else(|| "the appliance ended the stream".into()),
+            ),
         }
     }
 
@@ -189,11 +186,44 @@ impl Session {
     pub async fn request(&mut self, body: Request) -> Result<Response, SessionError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.send(&ClientMessage::Request { id, body }).await?;
-        match self.recv().await? {
-            ServerMessage::Response { id: rid, body } if rid == id => Ok(body?),
-            other => Err(SessionError::Protocol(format!("{other:?}"))),
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        if let Err(e) = write(
+            &self.conn,
+            &mut self.send,
+            &ClientMessage::Request { id, body },
+        )
+        .await
+        {
+            lock(&self.pending).remove(&id);
+            return Err(e);
         }
+        match rx.await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                // The reader ended: wait briefly for the close frame that explains why.
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
+                Err(self.lost())
+            }
+        }
+    }
+
+    /// The next notice from the appliance, waiting up to `timeout`.
+    pub async fn next_notice(&mut self, timeout: Duration) -> Option<Notice> {
+        tokio::time::timeout(timeout, self.notices.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next notice; `None` once the session ended (cancel-safe, for `select!`).
+    pub async fn recv_notice(&mut self) -> Option<Notice> {
+        self.notices.recv().await
+    }
+
+    /// A notice already received, without waiting.
+    pub fn try_notice(&mut self) -> Option<Notice> {
+        self.notices.try_recv().ok()
     }
 
     /// Ends the session politely and waits until the appliance has seen it.
@@ -202,6 +232,80 @@ impl Session {
         self.conn.close(CloseCode::Normal.as_u32().into(), b"bye");
         self._endpoint.wait_idle().await;
     }
+}
+
+async fn write(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    m: &ClientMessage,
+) -> Result<(), SessionError> {
+    let bytes =
+        encode_frame(m, DEFAULT_MAX_FRAME).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    if let Err(e) = send.write_all(&bytes).await {
+        return Err(match conn.close_reason() {
+            Some(c) => SessionError::Connection(c),
+            None => SessionError::Stream(e.to_string()),
+        });
+    }
+    Ok(())
+}
+
+async fn read(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    dec: &mut MessageDecoder<ServerMessage>,
+) -> Result<ServerMessage, SessionError> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(m) = dec
+            .next_message()
+            .map_err(|e| SessionError::Protocol(e.to_string()))?
+        {
+            return Ok(m);
+        }
+        let failure = match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                dec.push(&buf[..n]);
+                continue;
+            }
+            Ok(None) => "the appliance ended the stream".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // Wait briefly for the close frame that explains why.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return Err(match conn.close_reason() {
+            Some(c) => SessionError::Connection(c),
+            None => SessionError::Stream(failure),
+        });
+    }
+}
+
+/// Takes every message after the welcome: responses to their requests, notices to the queue.
+async fn reader(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    mut dec: MessageDecoder<ServerMessage>,
+    pending: Pending,
+    notices: mpsc::UnboundedSender<Notice>,
+    ended: Arc<Mutex<Option<String>>>,
+) {
+    let why = loop {
+        match read(&conn, &mut recv, &mut dec).await {
+            Ok(ServerMessage::Response { id, body }) => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(body);
+                }
+            }
+            Ok(ServerMessage::Notice(n)) => {
+                let _ = notices.send(n);
+            }
+            Ok(other) => break format!("unexpected message from the appliance: {other:?}"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    *lock(&ended) = Some(why);
+    // Requests still waiting learn that the stream is gone.
+    lock(&pending).clear();
 }
 
 /// Opens a QUIC connection (no stream yet). Returns the endpoint too: it must outlive the

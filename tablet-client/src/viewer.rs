@@ -19,7 +19,7 @@ use periphery_protocol::media::{
     InputMessage, VideoFrame, VideoFrameHeader, VideoFrameReader, WireInput, STREAM_INPUT,
 };
 use periphery_protocol::{
-    encode_frame, AttachMode, Attachment, Request, Response, DEFAULT_MAX_FRAME,
+    encode_frame, AttachMode, Attachment, Notice, Request, Response, DEFAULT_MAX_FRAME,
 };
 
 use crate::session::{Session, SessionError};
@@ -39,6 +39,9 @@ pub enum ViewerError {
     /// Sending input failed.
     #[error("input stream failed: {0}")]
     Input(String),
+    /// The appliance ended this attachment (a handoff, a revoked share).
+    #[error("detached by the appliance: {0}")]
+    Detached(String),
 }
 
 /// Figures over the last window (normally one second).
@@ -91,6 +94,8 @@ pub struct Viewer {
     total: u64,
     latest: Option<Decoded>,
     read_delay_ms: Arc<AtomicU64>,
+    /// Notices that were not about this attachment, oldest first.
+    pub notices: Vec<Notice>,
 }
 
 impl std::fmt::Debug for Viewer {
@@ -151,6 +156,7 @@ impl Viewer {
             total: 0,
             latest: None,
             read_delay_ms,
+            notices: Vec::new(),
         })
     }
 
@@ -201,7 +207,23 @@ impl Viewer {
                 // A gap: give the missing stream a moment, then call it lost.
                 deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))
             };
-            match tokio::time::timeout_at(wait, self.frames.recv()).await {
+            let next = tokio::select! {
+                n = self.session.recv_notice() => match n {
+                    Some(Notice::Detached { attach_id, reason })
+                        if attach_id == self.attachment.attach_id =>
+                    {
+                        return Err(ViewerError::Detached(reason));
+                    }
+                    Some(n) => {
+                        self.notices.push(n);
+                        continue;
+                    }
+                    // The session ended: the frames channel says so next.
+                    None => tokio::time::timeout_at(wait, self.frames.recv()).await,
+                },
+                f = tokio::time::timeout_at(wait, self.frames.recv()) => f,
+            };
+            match next {
                 Ok(Some(Ok(f))) => {
                     self.window_bytes += f.payload.len() as u64;
                     if self.next_seq.is_none_or(|n| f.header.sequence >= n) {

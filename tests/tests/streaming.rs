@@ -240,7 +240,10 @@ async fn strangers_cannot_attach_and_viewers_cannot_type() {
     let e = view(&s, &bob, AttachMode::Mirror { monitor: 0 }, false)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("no workstation 'design'"), "{e}");
+    assert!(
+        e.to_string().contains("no workstation session 'design'"),
+        "{e}"
+    );
     let e = {
         let c = Home::new(bob.home.clone()).load().unwrap();
         let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
@@ -254,7 +257,12 @@ async fn strangers_cannot_attach_and_viewers_cannot_type() {
         .await
         .unwrap_err()
     };
-    assert!(e.to_string().contains("only use your own"), "{e}");
+    // Naming alice's workstation does not help: bob takes no part in its session.
+    assert!(
+        e.to_string()
+            .contains("no workstation session 'alice/design' you take part in"),
+        "{e}"
+    );
 
     let tv = tablet(&s, "viewer", "alice");
     let tc = tablet(&s, "controller", "alice");

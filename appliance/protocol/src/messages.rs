@@ -78,6 +78,80 @@ pub enum Notice {
         /// Why, for the user.
         reason: String,
     },
+    /// A workstation session was offered to this device's user.
+    Offered(OfferInfo),
+    /// An offer this device's user made or received ended.
+    OfferEnded {
+        /// The offer.
+        offer: OfferInfo,
+        /// How: `accepted`, `declined`, `withdrawn`, `expired`, `superseded`.
+        outcome: String,
+        /// Who ended it, when someone did.
+        by: Option<String>,
+    },
+    /// One of this connection's attachments ended without being asked to.
+    Detached {
+        /// The attachment.
+        attach_id: u64,
+        /// Why, for the user (e.g. "handed off to bob").
+        reason: String,
+    },
+    /// The input floor of a session this device watches moved.
+    Floor {
+        /// Workstation, `user/name`.
+        ws: String,
+        /// The user holding it now.
+        holder: String,
+    },
+    /// A workstation session was shared with this device's user.
+    Shared {
+        /// Workstation, `user/name`.
+        ws: String,
+        /// Who shared it.
+        by: String,
+        /// `view-only` or `co-control`.
+        access: String,
+    },
+}
+
+/// A pending (or just ended) offer to hand a workstation session to another user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferInfo {
+    /// The offer's id (what `accept` takes).
+    pub id: String,
+    /// Workstation, `user/name`.
+    pub ws: String,
+    /// Who offered.
+    pub from_user: String,
+    /// From which device.
+    pub from_device: String,
+    /// To whom.
+    pub to_user: String,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds.
+    pub expires_ms: u64,
+    /// Whether the offerer may take it back.
+    pub reclaimable: bool,
+}
+
+/// Who controls and watches a workstation session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Workstation, `user/name`.
+    pub ws: String,
+    /// The controller.
+    pub holder: String,
+    /// Who may reclaim it.
+    pub reclaimer: Option<String>,
+    /// The session epoch (grows when control moves).
+    pub epoch: u64,
+    /// Other users and their access (`view-only`, `co-control`).
+    pub shares: Vec<(String, String)>,
+    /// Who holds the input floor.
+    pub floor: String,
+    /// Pending offers.
+    pub offers: Vec<OfferInfo>,
 }
 
 /// The role of a user.
@@ -311,6 +385,72 @@ pub enum Request {
         /// The frame's sequence number in its stream.
         sequence: u64,
     },
+    /// Offer this workstation's session to another user (its controller, from a device).
+    /// Answer: [`Response::Offer`].
+    HandoffOffer {
+        /// `name` or `user/name`.
+        ws: String,
+        /// The user to hand it to.
+        to: String,
+        /// How long the offer stands, seconds.
+        ttl_secs: u64,
+        /// Whether the offerer may take it back later.
+        reclaimable: bool,
+    },
+    /// Pending offers made to or by the caller. Answer: [`Response::Offers`].
+    Offers,
+    /// Accept an offer: control moves to the caller. Answer: [`Response::HandedOff`].
+    HandoffAccept {
+        /// The offer id.
+        offer: String,
+    },
+    /// Decline an offer made to the caller.
+    HandoffDecline {
+        /// The offer id.
+        offer: String,
+    },
+    /// Withdraw an offer the caller made.
+    HandoffWithdraw {
+        /// The offer id.
+        offer: String,
+    },
+    /// Take back a session handed off with `reclaimable`.
+    Reclaim {
+        /// `user/name` (or `name`).
+        ws: String,
+    },
+    /// Share the session with another user.
+    Share {
+        /// `name` or `user/name`.
+        ws: String,
+        /// The user.
+        with: String,
+        /// Co-control (with the floor) rather than view-only.
+        control: bool,
+    },
+    /// End a user's share (the controller), or leave a shared session (the user).
+    Unshare {
+        /// `name` or `user/name`.
+        ws: String,
+        /// The user.
+        with: String,
+    },
+    /// Take the input floor of a co-controlled session.
+    FloorTake {
+        /// `name` or `user/name`.
+        ws: String,
+    },
+    /// Who controls and watches the session. Answer: [`Response::Session`].
+    SessionShow {
+        /// `name` or `user/name`.
+        ws: String,
+    },
+    /// The session's history: offers, accepts, declines, expiries, grants, revokes. Answer:
+    /// [`Response::Audit`].
+    History {
+        /// `name` or `user/name`.
+        ws: String,
+    },
 }
 
 /// A tablet's figures over its last window.
@@ -387,6 +527,17 @@ impl Request {
             Request::Ping { .. } => "ping",
             Request::ReportStats { .. } => "report-stats",
             Request::SourceFrame { .. } => "source-frame",
+            Request::HandoffOffer { .. } => "handoff-offer",
+            Request::Offers => "offers",
+            Request::HandoffAccept { .. } => "handoff-accept",
+            Request::HandoffDecline { .. } => "handoff-decline",
+            Request::HandoffWithdraw { .. } => "handoff-withdraw",
+            Request::Reclaim { .. } => "reclaim",
+            Request::Share { .. } => "share",
+            Request::Unshare { .. } => "unshare",
+            Request::FloorTake { .. } => "floor-take",
+            Request::SessionShow { .. } => "session-show",
+            Request::History { .. } => "history",
         }
     }
 }
@@ -435,6 +586,19 @@ pub enum Response {
         /// The appliance's clock when it answered.
         server_time_us: u64,
     },
+    /// An offer was made.
+    Offer(OfferInfo),
+    /// Offers.
+    Offers(Vec<OfferInfo>),
+    /// Control moved to the caller.
+    HandedOff {
+        /// Workstation, `user/name`.
+        ws: String,
+        /// The new session epoch.
+        epoch: u64,
+    },
+    /// A session.
+    Session(SessionInfo),
 }
 
 /// What a tablet receives when it is paired.
@@ -585,6 +749,9 @@ pub struct StatusReport {
     pub state_dir: String,
     /// Monitors being streamed.
     pub streams: Vec<StreamInfo>,
+    /// Input events dropped at the session gate since start (an older epoch after a
+    /// handoff, a viewer, a co-controller without the floor).
+    pub input_dropped_at_gate: u64,
 }
 
 /// A monitor being streamed.

@@ -147,7 +147,21 @@ where
         }),
     )
     .await?;
-    while let Some(msg) = r.next().await? {
+    loop {
+        let msg = match conv.notices.as_mut() {
+            Some(notices) => tokio::select! {
+                m = r.next() => m?,
+                n = notices.recv() => {
+                    match n {
+                        Some(n) => send(&mut write, &ServerMessage::Notice(n)).await?,
+                        None => conv.notices = None,
+                    }
+                    continue;
+                }
+            },
+            None => r.next().await?,
+        };
+        let Some(msg) = msg else { break };
         let ClientMessage::Request { id, body } = msg else {
             return Err(ControlError::Violation("Hello sent twice"));
         };

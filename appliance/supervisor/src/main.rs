@@ -386,6 +386,10 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
             if d.connected { ", connected" } else { "" }
         );
     }
+    println!(
+        "input dropped at the session gate: {} events",
+        s.input_dropped_at_gate
+    );
     println!("streams ({})", s.streams.len());
     for st in &s.streams {
         println!(

@@ -63,9 +63,10 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
     let span = tracing::info_span!("conn", %remote, %device);
     async move {
         tracing::debug!("connected");
-        let id = app.register(remote, &caller);
+        let (id, notices) = app.register(remote, &caller);
         let unpaired = matches!(caller, Caller::Unpaired { .. });
         let mut conv = Conversation::new(caller);
+        conv.notices = Some(notices);
         if !unpaired {
             conv.conn = Some((conn.clone(), id));
             tokio::spawn(accept_input(app.clone(), conn.clone(), id));

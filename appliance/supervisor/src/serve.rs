@@ -72,6 +72,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let first_boot_code = first_boot_admin(&app).await?;
     let app = Arc::new(app);
+    // Offers lapse on time, also with nobody asking.
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.expire_offers().await {
+                    tracing::warn!(error = %e, "expiring offers failed");
+                }
+            }
+        });
+    }
 
     let _mdns = if config.discovery {
         match crate::discovery::announce(&config.name, bound, app.identity.fingerprint()) {

@@ -562,6 +562,7 @@ fn append_audit(tx: &redb::WriteTransaction, a: &AuditRecord) -> Result<(), Stor
 
 impl Store {
     /// The session of workstation `ws`, if one was stored.
+    #[cfg(test)]
     pub fn session(&self, ws: &str) -> Result<Option<Session>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(SESSIONS).map_err(db)?;

@@ -31,6 +31,8 @@ use periphery_protocol::{
 };
 use periphery_workstation::{InputEvent, MonitorSize, MouseButton, TouchPhase};
 
+use periphery_session::Session;
+
 use crate::store::WorkstationRecord;
 use crate::workstations::Workstations;
 
@@ -138,7 +140,35 @@ struct Attached {
     view_only: bool,
     conn_id: u64,
     device_id: String,
+    user: String,
     stats: Option<TabletStats>,
+}
+
+/// The committed sessions of workstations, by id: who may watch and control. It is also the
+/// input gate: each event is checked and injected under a read lock, and a transition is
+/// committed to the store and applied here under the write lock, so no event of an older
+/// epoch reaches the display after a commit.
+pub type SessionGate = Arc<tokio::sync::RwLock<HashMap<String, Session>>>;
+
+/// Who is attaching.
+#[derive(Debug)]
+pub struct Tablet {
+    /// Its connection.
+    pub conn: quinn::Connection,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// The device.
+    pub device_id: String,
+    /// The device's user.
+    pub user: String,
+}
+
+/// One event for a workstation's input thread.
+struct QueuedInput {
+    monitor: u32,
+    event: InputEvent,
+    user: String,
+    epoch: u64,
 }
 
 type Pipelines = Arc<Mutex<HashMap<(String, u32), Arc<Pipeline>>>>;
@@ -154,7 +184,10 @@ pub struct Streaming {
     attachments: Mutex<HashMap<u64, Attached>>,
     /// Extended monitors whose tablet left.
     orphans: Mutex<HashMap<OrphanKey, (u32, MonitorSize, Instant)>>,
-    inputs: Mutex<HashMap<String, std::sync::mpsc::Sender<(u32, InputEvent)>>>,
+    inputs: Mutex<HashMap<String, std::sync::mpsc::Sender<QueuedInput>>>,
+    sessions: SessionGate,
+    /// Input events dropped at the gate (stale epoch, no control, no floor).
+    dropped_at_gate: Arc<AtomicU64>,
     limiters: Mutex<HashMap<u64, InputLimiter>>,
     next_id: AtomicU64,
     keep_source_frames: usize,
@@ -196,6 +229,8 @@ impl Streaming {
             attachments: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
             inputs: Mutex::new(HashMap::new()),
+            sessions: Arc::default(),
+            dropped_at_gate: Arc::default(),
             limiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             keep_source_frames,
@@ -248,6 +283,43 @@ impl Streaming {
         };
         periphery_workstation::png::encode(&frame)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// The session gate (see [`SessionGate`]).
+    pub fn sessions(&self) -> &SessionGate {
+        &self.sessions
+    }
+
+    /// Input events dropped at the gate so far.
+    pub fn dropped_at_gate(&self) -> u64 {
+        self.dropped_at_gate.load(Ordering::Relaxed)
+    }
+
+    /// Ends the attachments of `users` to workstation `ws_id` (a handoff, a revoked share);
+    /// their extended monitors stay (the layout belongs to the session). Returns
+    /// `(connection, attachment)` pairs, for the notices.
+    pub fn detach_users(&self, ws_id: &str, users: &[String]) -> Vec<(u64, u64)> {
+        let ids: Vec<(u64, u64)> = lock(&self.attachments)
+            .iter()
+            .filter(|(_, a)| a.ws_id == ws_id && users.contains(&a.user))
+            .map(|(id, a)| (a.conn_id, *id))
+            .collect();
+        for (_, id) in &ids {
+            self.unsubscribe(*id);
+        }
+        ids
+    }
+
+    /// The connections attached to workstation `ws_id`.
+    pub fn connections_of(&self, ws_id: &str) -> Vec<u64> {
+        let mut c: Vec<u64> = lock(&self.attachments)
+            .values()
+            .filter(|a| a.ws_id == ws_id)
+            .map(|a| a.conn_id)
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
     }
 
     /// The appliance clock: microseconds since start.
@@ -304,14 +376,36 @@ impl Streaming {
     /// Attaches a connection to a monitor of running workstation `rec`.
     pub async fn attach(
         &self,
-        conn: quinn::Connection,
-        conn_id: u64,
-        device_id: &str,
+        tablet: Tablet,
         rec: &WorkstationRecord,
         mode: AttachMode,
         view_only: bool,
     ) -> Result<Attachment, ApiError> {
+        let Tablet {
+            conn,
+            conn_id,
+            device_id,
+            user,
+        } = tablet;
+        let (device_id, user) = (device_id.as_str(), user.as_str());
         let bad = |m: String| ApiError::new(ErrorCode::InvalidArgument, m);
+        let session = self
+            .sessions
+            .write()
+            .await
+            .entry(rec.id.clone())
+            .or_insert_with(|| Session::new(&rec.user))
+            .clone();
+        if !session.may_view(user) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "{user} may not watch {}/{} ({} controls it)",
+                    rec.user, rec.name, session.holder
+                ),
+            ));
+        }
+        let view_only = view_only || !session.may_control(user);
         let monitors = self.workstations.monitors(&rec.id).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::OutOfOrder,
@@ -400,9 +494,21 @@ impl Streaming {
                 view_only,
                 conn_id,
                 device_id: device_id.to_owned(),
+                user: user.to_owned(),
                 stats: None,
             },
         );
+        // Control may have moved while this attachment was being set up: a transition
+        // detaches (after committing) the attachments it finds, so one it could not see yet
+        // must see the transition here.
+        let now = self.sessions.read().await.get(&rec.id).cloned();
+        if now.is_none_or(|s| s.epoch != session.epoch || !s.may_view(user)) {
+            self.unsubscribe(attach_id);
+            return Err(ApiError::new(
+                ErrorCode::OutOfOrder,
+                "control of the session moved while attaching; try again",
+            ));
+        }
         tracing::info!(ws = %rec.id, monitor = monitor.id, attach_id, extended, view_only, "tablet attached");
         let encoder = lock(&pipeline.encoder).clone();
         Ok(Attachment {
@@ -414,7 +520,7 @@ impl Streaming {
                 width: monitor.width,
                 height: monitor.height,
             },
-            epoch: 1,
+            epoch: session.epoch,
             encoder,
         })
     }
@@ -543,10 +649,23 @@ impl Streaming {
             let mut inputs = lock(&self.inputs);
             inputs
                 .entry(a.ws_id.clone())
-                .or_insert_with(|| spawn_input_thread(self.workstations.clone(), a.ws_id.clone()))
+                .or_insert_with(|| {
+                    spawn_input_thread(
+                        self.workstations.clone(),
+                        a.ws_id.clone(),
+                        self.sessions.clone(),
+                        self.dropped_at_gate.clone(),
+                    )
+                })
                 .clone()
         };
-        if tx.send((msg.monitor, to_event(&msg.event))).is_err() {
+        let queued = QueuedInput {
+            monitor: msg.monitor,
+            event: to_event(&msg.event),
+            user: a.user.clone(),
+            epoch: msg.epoch,
+        };
+        if tx.send(queued).is_err() {
             lock(&self.inputs).remove(&a.ws_id);
             return Err("the workstation's input is gone".into());
         }
@@ -580,11 +699,15 @@ fn to_event(e: &WireInput) -> InputEvent {
     }
 }
 
+/// The thread that injects a workstation's input, each event checked at the session gate
+/// right before it reaches the display.
 fn spawn_input_thread(
     workstations: Arc<Workstations>,
     ws_id: String,
-) -> std::sync::mpsc::Sender<(u32, InputEvent)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(u32, InputEvent)>();
+    sessions: SessionGate,
+    dropped: Arc<AtomicU64>,
+) -> std::sync::mpsc::Sender<QueuedInput> {
+    let (tx, rx) = std::sync::mpsc::channel::<QueuedInput>();
     let _ = std::thread::Builder::new()
         .name(format!("input-{ws_id}"))
         .spawn(move || {
@@ -595,8 +718,18 @@ fn spawn_input_thread(
                     return;
                 }
             };
-            while let Ok((monitor, ev)) = rx.recv() {
-                if let Err(e) = sink.send(monitor, &ev) {
+            while let Ok(q) = rx.recv() {
+                let gate = sessions.blocking_read();
+                if !gate
+                    .get(&ws_id)
+                    .is_some_and(|s| s.accepts_input(&q.user, q.epoch))
+                {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let sent = sink.send(q.monitor, &q.event);
+                drop(gate);
+                if let Err(e) = sent {
                     tracing::debug!(ws = %ws_id, error = %e, "input not delivered");
                     if matches!(e, periphery_workstation::InputError::Connection(_)) {
                         return;

@@ -34,14 +34,14 @@ impl Appliance {
                     }
                     _ => None,
                 };
-                let all = self
-                    .blocking(|s| s.workstations())
-                    .await
-                    .map_err(internal)?;
-                let mut list: Vec<WorkstationInfo> = all
+                // A user's own workstations and the sessions they watch (handed to them,
+                // shared with them).
+                let mut list: Vec<WorkstationInfo> = self
+                    .ws_sessions()
+                    .await?
                     .iter()
-                    .filter(|w| own.as_ref().is_none_or(|u| *u == w.user))
-                    .map(|w| self.workstations.info(w))
+                    .filter(|(w, s)| own.as_ref().is_none_or(|u| *u == w.user || s.may_view(u)))
+                    .map(|(w, _)| self.workstations.info(w))
                     .collect();
                 list.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
                 Ok(Response::Workstations(list))
@@ -151,14 +151,15 @@ impl Appliance {
                 let Caller::Device { device, .. } = &conv.caller else {
                     return Err(ApiError::new(ErrorCode::Forbidden, "attach is for tablets"));
                 };
-                let device_id = device.id.clone();
+                let (device_id, user) = (device.id.clone(), device.user.clone());
                 let Some((conn, conn_id)) = conv.conn.clone() else {
                     return Err(ApiError::new(
                         ErrorCode::Forbidden,
                         "attach needs a QUIC connection",
                     ));
                 };
-                let rec = self.resolve_ws(&conv.caller, &ws).await?;
+                // Any session the user watches: their own, handed to them, or shared.
+                let (rec, _) = self.resolve_session(&conv.caller, &ws).await?;
                 if self.workstations.monitors(&rec.id).is_none() {
                     let rec = self.set_desired(&rec, true, actor.clone()).await?;
                     self.workstations.start(&rec).await.map_err(|e| {
@@ -170,7 +171,17 @@ impl Appliance {
                 }
                 let a = self
                     .streaming
-                    .attach(conn, conn_id, &device_id, &rec, mode, view_only)
+                    .attach(
+                        crate::streaming::Tablet {
+                            conn,
+                            conn_id,
+                            device_id,
+                            user,
+                        },
+                        &rec,
+                        mode,
+                        view_only,
+                    )
                     .await?;
                 Ok(Response::Attached(a))
             }

@@ -11,6 +11,7 @@
 
 mod desktops;
 mod pairing;
+mod sessions;
 
 use pairing::PendingPake;
 
@@ -26,8 +27,8 @@ use rand::RngCore;
 
 use periphery_protocol::pairing::PairingCode;
 use periphery_protocol::{
-    ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, Request, Response, Role,
-    StatusReport, StreamInfo, UserInfo,
+    ApiError, AuditEntry, ConnectionInfo, DeviceInfo, ErrorCode, Identity, Notice, Request,
+    Response, Role, StatusReport, StreamInfo, UserInfo,
 };
 
 use crate::codes::PendingCodes;
@@ -150,7 +151,18 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::Detach { .. }
         | Request::KeyframeRequest { .. }
         | Request::Ping { .. }
-        | Request::ReportStats { .. } => paired(),
+        | Request::ReportStats { .. }
+        | Request::HandoffOffer { .. }
+        | Request::Offers
+        | Request::HandoffAccept { .. }
+        | Request::HandoffDecline { .. }
+        | Request::HandoffWithdraw { .. }
+        | Request::Reclaim { .. }
+        | Request::Share { .. }
+        | Request::Unshare { .. }
+        | Request::FloorTake { .. }
+        | Request::SessionShow { .. }
+        | Request::History { .. } => paired(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. } => match caller {
@@ -171,6 +183,8 @@ pub struct Conversation {
     pake: Option<PendingPake>,
     /// The QUIC connection and its id, for streams (none on the admin socket).
     pub conn: Option<(quinn::Connection, u64)>,
+    /// Notices for this connection, sent between responses.
+    pub notices: Option<tokio::sync::mpsc::UnboundedReceiver<Notice>>,
 }
 
 impl Conversation {
@@ -180,6 +194,7 @@ impl Conversation {
             caller,
             pake: None,
             conn: None,
+            notices: None,
         }
     }
 }
@@ -190,6 +205,7 @@ struct LiveConnection {
     remote: SocketAddr,
     device: Option<(String, String)>,
     since: Instant,
+    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
 }
 
 /// The shared state of a running appliance.
@@ -206,6 +222,8 @@ pub struct Appliance {
     codes: Mutex<PendingCodes>,
     limiter: Mutex<AttemptLimiter>,
     connections: Mutex<HashMap<u64, LiveConnection>>,
+    /// How recently ended offers ended, for clear errors when they are used late.
+    ended_offers: Mutex<HashMap<String, String>>,
     next_conn: AtomicU64,
     started: Instant,
     /// Addresses the endpoint listens on.
@@ -299,6 +317,7 @@ impl Appliance {
             identity,
             devices,
             connections: Mutex::new(HashMap::new()),
+            ended_offers: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             listening,
@@ -343,8 +362,14 @@ impl Appliance {
         }
     }
 
-    /// Registers a live connection; returns its id for [`Self::unregister`].
-    pub fn register(&self, remote: SocketAddr, caller: &Caller) -> u64 {
+    /// Registers a live connection; returns its id for [`Self::unregister`] and the receiver
+    /// of the notices for it.
+    pub fn register(
+        &self,
+        remote: SocketAddr,
+        caller: &Caller,
+    ) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Notice>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let device = match caller {
             Caller::Device { device, .. } => Some((device.id.clone(), device.user.clone())),
@@ -356,9 +381,26 @@ impl Appliance {
                 remote,
                 device,
                 since: Instant::now(),
+                notices: tx,
             },
         );
-        id
+        (id, rx)
+    }
+
+    /// Sends `notice` to every connection of `user`'s devices.
+    pub fn notify_user(&self, user: &str, notice: &Notice) {
+        for c in lock(&self.connections).values() {
+            if c.device.as_ref().is_some_and(|(_, u)| u == user) {
+                let _ = c.notices.send(notice.clone());
+            }
+        }
+    }
+
+    /// Sends `notice` to connection `id`.
+    pub fn notify_connection(&self, id: u64, notice: Notice) {
+        if let Some(c) = lock(&self.connections).get(&id) {
+            let _ = c.notices.send(notice);
+        }
     }
 
     /// Forgets a live connection.
@@ -473,6 +515,17 @@ impl Appliance {
             | Request::KeyframeRequest { .. }
             | Request::ReportStats { .. }
             | Request::Ping { .. }) => self.desktop_request(conv, actor, req).await,
+            req @ (Request::HandoffOffer { .. }
+            | Request::Offers
+            | Request::HandoffAccept { .. }
+            | Request::HandoffDecline { .. }
+            | Request::HandoffWithdraw { .. }
+            | Request::Reclaim { .. }
+            | Request::Share { .. }
+            | Request::Unshare { .. }
+            | Request::FloorTake { .. }
+            | Request::SessionShow { .. }
+            | Request::History { .. }) => self.session_request(conv, req).await,
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
@@ -675,6 +728,7 @@ impl Appliance {
             connections,
             state_dir: self.config.state_dir.display().to_string(),
             streams,
+            input_dropped_at_gate: self.streaming.dropped_at_gate(),
         }))
     }
 }
