@@ -185,16 +185,19 @@ impl Appliance {
             .await?
             .into_iter()
             .find(|(_, s)| s.offers.iter().any(|o| o.id == id));
-        found.ok_or_else(|| {
-            let ended = lock(&self.ended_offers).get(id).cloned();
-            ApiError::new(
-                ErrorCode::NotFound,
-                match ended {
-                    Some(how) => format!("offer {id} is no longer pending: it was {how}"),
-                    None => format!("no pending offer {id}"),
-                },
-            )
-        })
+        found.ok_or_else(|| self.offer_gone(id))
+    }
+
+    /// The error for an offer that is not pending: how it ended, when known.
+    fn offer_gone(&self, id: &str) -> ApiError {
+        let ended = lock(&self.ended_offers).get(id).cloned();
+        ApiError::new(
+            ErrorCode::NotFound,
+            match ended {
+                Some(how) => format!("offer {id} is no longer pending: it was {how}"),
+                None => format!("no pending offer {id}"),
+            },
+        )
     }
 
     /// Commits one transition of `rec`'s session (see the module docs) and applies its
@@ -220,9 +223,30 @@ impl Appliance {
         .await
         .map_err(internal)?
         .map_err(internal)?
-        .map_err(session_err)?;
+        .map_err(|e| match e {
+            SessionError::NoSuchOffer(id) => self.offer_gone(&id),
+            e => session_err(e),
+        })?;
         let (out, events, session) = committed;
         sessions.insert(rec.id.clone(), session);
+        // Before the gate opens: a request that lost a race learns how the offer ended.
+        for e in &events {
+            if let Event::OfferEnded { offer, end, by } = e {
+                let how = match (end, by) {
+                    (OfferEnd::Superseded, _) => {
+                        "superseded: control of the session moved first".to_owned()
+                    }
+                    (end, Some(by)) => format!("{end} by {by}"),
+                    (end, None) => end.to_string(),
+                };
+                let mut ended = lock(&self.ended_offers);
+                // Only for clearer errors: bounded, the oldest knowledge is the least needed.
+                if ended.len() >= 4096 {
+                    ended.clear();
+                }
+                ended.insert(offer.id.clone(), how);
+            }
+        }
         drop(sessions);
         self.apply_events(rec, &events);
         Ok(out)
@@ -249,14 +273,6 @@ impl Appliance {
                     self.notify_user(&o.to_user, &Notice::Offered(offer_info(&ws, o)));
                 }
                 Event::OfferEnded { offer, end, by } => {
-                    let how = match (end, by) {
-                        (OfferEnd::Superseded, _) => {
-                            "superseded: control of the session moved first".to_owned()
-                        }
-                        (end, Some(by)) => format!("{end} by {by}"),
-                        (end, None) => end.to_string(),
-                    };
-                    lock(&self.ended_offers).insert(offer.id.clone(), how);
                     let n = Notice::OfferEnded {
                         offer: offer_info(&ws, offer),
                         outcome: end.to_string(),
