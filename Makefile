@@ -37,6 +37,7 @@ bench: setup
 bench-stream: setup
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p periphery-e2e --bench stream
+	$(CARGO) bench -p periphery-e2e --bench handoff
 
 ## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
 fuzz:
