@@ -92,7 +92,11 @@ enum Command {
         expires: String,
     },
     /// Offers made to or by this user.
-    Offers,
+    Offers {
+        /// Then keep listening: print offers and their outcomes as they come, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Accept an offer: the session becomes yours, and this tablet attaches to it.
     Accept {
         /// The offer id.
@@ -212,8 +216,9 @@ fn print_notice(n: &periphery_protocol::Notice) {
     use periphery_protocol::Notice;
     match n {
         Notice::Offered(o) => {
-            eprint!("notice: {} offers you {}: ", o.from_user, o.ws);
-            eprintln!("periphery-tablet accept {}", o.id);
+            eprintln!("notice: {} offers you {}:", o.from_user, o.ws);
+            print_offer(o);
+            eprintln!("  to take it: periphery-tablet accept {}", o.id);
         }
         Notice::OfferEnded { offer, outcome, by } => eprintln!(
             "notice: offer {} of {} to {} {outcome}{}",
@@ -284,6 +289,29 @@ fn main() -> std::process::ExitCode {
         Command::Attach(args) if !args.headless => {
             let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
             attach_window(&rt, home, args)
+        }
+        Command::Accept {
+            offer,
+            no_attach: false,
+            headless: false,
+            seconds,
+            screenshot,
+        } => {
+            // Accept on the runtime, then the window on this thread.
+            let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
+            rt.block_on(accept(&home, offer)).and_then(|ws| {
+                let args = AttachArgs {
+                    name: ws,
+                    extend: false,
+                    size: None,
+                    mirror: Some(0),
+                    view_only: false,
+                    headless: false,
+                    screenshot,
+                    seconds,
+                };
+                attach_window(&rt, home, args)
+            })
         }
         command => rt.block_on(run(cli.home, command)),
     };
@@ -436,7 +464,7 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             print_offer(&o);
             s.close().await;
         }
-        Command::Offers => {
+        Command::Offers { watch } => {
             let mut s = connect(&home).await?;
             let Response::Offers(list) = s.request(Request::Offers).await? else {
                 anyhow::bail!("unexpected answer");
@@ -447,6 +475,17 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             for o in &list {
                 print_offer(o);
             }
+            if watch {
+                loop {
+                    tokio::select! {
+                        n = s.recv_notice() => match n {
+                            Some(n) => print_notice(&n),
+                            None => anyhow::bail!("the appliance closed the connection"),
+                        },
+                        _ = tokio::signal::ctrl_c() => break,
+                    }
+                }
+            }
             s.close().await;
         }
         Command::Accept {
@@ -456,13 +495,7 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             seconds,
             screenshot,
         } => {
-            let mut s = connect(&home).await?;
-            let r = s.request(Request::HandoffAccept { offer }).await?;
-            let Response::HandedOff { ws, epoch } = r else {
-                anyhow::bail!("unexpected answer");
-            };
-            println!("{ws} is yours (session epoch {epoch})");
-            s.close().await;
+            let ws = accept(&home, offer).await?;
             if !no_attach {
                 let args = AttachArgs {
                     name: ws,
@@ -474,16 +507,10 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
                     screenshot,
                     seconds,
                 };
-                if headless {
-                    let mut v = attach(&home, &args, (1280, 800)).await?;
-                    let attached = watch(&mut v, &args, None).await?;
-                    finish(v, &args, attached).await?;
-                } else {
-                    anyhow::bail!(
-                        "accepted; attach with a window: periphery-tablet attach {} --mirror 0",
-                        args.name
-                    );
-                }
+                // (With a window, main() runs the accept and the window itself.)
+                let mut v = attach(&home, &args, (1280, 800)).await?;
+                let attached = watch(&mut v, &args, None).await?;
+                finish(v, &args, attached).await?;
             }
         }
         Command::Decline { offer } => simple(&home, Request::HandoffDecline { offer }).await?,
@@ -781,4 +808,16 @@ async fn simple(home: &Home, request: Request) -> anyhow::Result<()> {
     }
     s.close().await;
     Ok(())
+}
+
+/// Accepts an offer; returns the workstation (`user/name`) now controlled.
+async fn accept(home: &Home, offer: String) -> anyhow::Result<String> {
+    let mut s = connect(home).await?;
+    let r = s.request(Request::HandoffAccept { offer }).await?;
+    let Response::HandedOff { ws, epoch } = r else {
+        anyhow::bail!("unexpected answer");
+    };
+    println!("{ws} is yours (session epoch {epoch})");
+    s.close().await;
+    Ok(ws)
 }

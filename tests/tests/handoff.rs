@@ -329,8 +329,38 @@ async fn offers_are_only_for_their_recipient_and_only_while_they_stand() {
     let mut alice = session(&s, &ta).await;
     let mut bob = session(&s, &tb).await;
 
+    // Carol's tablet listens for offers (`offers --watch`), as a person at a tablet would.
+    let mut watching = std::process::Command::new(periphery_e2e::bin("periphery-tablet"))
+        .arg("--home")
+        .arg(&tc.home)
+        .args(["offers", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = watching.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(l);
+        }
+    });
+    // Its first listing shows nothing pending; wait until it is listening.
+    let mut out = watching.stdout.take().unwrap();
+    let mut first = [0u8; 17];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    assert_eq!(&first, b"no pending offers");
+
     // To carol: bob cannot take it.
     let to_carol = offer_id(&ta.ok(&["handoff", "design", "--to", "carol"]));
+    let told = lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(told.contains("alice offers you alice/design"), "{told}");
+    let _ = watching.kill();
+    let _ = watching.wait();
     let e = tb.fails(&["accept", &to_carol, "--no-attach"]);
     assert!(e.contains("was made to carol, not to bob"), "{e}");
     let e = tb.fails(&["decline", &to_carol]);
