@@ -555,7 +555,7 @@ async fn an_offer_survives_a_supervisor_sigkill_and_is_never_half_applied() {
     let (state, addr) = (d.state.clone(), d.address());
     d.kill();
     // Same address: the tablets know it.
-    let _d = daemon(&state, Some(addr));
+    let d2 = daemon(&state, Some(addr));
     let _dir = dir;
     // The lapsing offer expires by its time, also across the restart.
     wait_for("the short offer to lapse", Duration::from_secs(20), || {
@@ -567,4 +567,31 @@ async fn an_offer_survives_a_supervisor_sigkill_and_is_never_half_applied() {
     tb.ok(&["accept", &kept, "--no-attach"]);
     let show = tb.ok(&["session", "alice/design"]);
     assert!(show.contains("controller bob  (epoch 2)"), "{show}");
+
+    // After another SIGKILL the committed handoff holds: alice cannot attach, bob can, in
+    // the new epoch.
+    let (state, addr) = (d2.state.clone(), d2.address());
+    d2.kill();
+    let d = daemon(&state, Some(addr));
+    let e = Viewer::attach(
+        d.banner.addr,
+        cfg(&ta),
+        "design",
+        AttachMode::Mirror { monitor: 0 },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("bob controls it"), "{e}");
+    let v = Viewer::attach(
+        d.banner.addr,
+        cfg(&tb),
+        "alice/design",
+        AttachMode::Mirror { monitor: 0 },
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.attachment.epoch, 2);
+    v.detach().await.unwrap();
 }

@@ -375,11 +375,13 @@ impl Streaming {
         }
     }
 
-    /// Attaches a connection to a monitor of running workstation `rec`.
+    /// Attaches a connection to a monitor of running workstation `rec`, whose stored session
+    /// is `stored`.
     pub async fn attach(
         &self,
         tablet: Tablet,
         rec: &WorkstationRecord,
+        stored: Session,
         mode: AttachMode,
         view_only: bool,
     ) -> Result<Attachment, ApiError> {
@@ -396,7 +398,8 @@ impl Streaming {
             .write()
             .await
             .entry(rec.id.clone())
-            .or_insert_with(|| Session::new(&rec.user))
+            // The gate's copy, when there is one, is never older than the store's.
+            .or_insert(stored)
             .clone();
         if !session.may_view(user) {
             return Err(ApiError::new(

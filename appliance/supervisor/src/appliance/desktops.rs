@@ -159,7 +159,7 @@ impl Appliance {
                     ));
                 };
                 // Any session the user watches: their own, handed to them, or shared.
-                let (rec, _) = self.resolve_session(&conv.caller, &ws).await?;
+                let (rec, session) = self.resolve_session(&conv.caller, &ws).await?;
                 if self.workstations.monitors(&rec.id).is_none() {
                     let rec = self.set_desired(&rec, true, actor.clone()).await?;
                     self.workstations.start(&rec).await.map_err(|e| {
@@ -179,6 +179,7 @@ impl Appliance {
                             user,
                         },
                         &rec,
+                        session,
                         mode,
                         view_only,
                     )
