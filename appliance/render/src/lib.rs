@@ -1,0 +1,7 @@
+//! Periphery render jobs.
+//!
+//! - [`template`]: Open Job Description (2023-09) templates parsed and validated by
+//!   `openjd-model`, instantiated with parameter values, and expanded into the tasks of each
+//!   step (frame ranges chunked with `CHUNK[INT]`), with the steps' dependencies.
+
+pub mod template;
