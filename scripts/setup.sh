@@ -11,7 +11,7 @@ want_debs=(build-essential pkg-config iproute2 ca-certificates
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev clang
   mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6
-  xinput)
+  xinput blender)
 # Where a command may come from a backport under another package name, the command decides.
 declare -A by_command=([qemu-img]=qemu-utils)
 missing=()

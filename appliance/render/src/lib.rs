@@ -3,8 +3,11 @@
 //! - [`template`]: Open Job Description (2023-09) templates parsed and validated by
 //!   `openjd-model`, instantiated with parameter values, and expanded into the tasks of each
 //!   step (frame ranges chunked with `CHUNK[INT]`), with the steps' dependencies.
+//! - [`blender`]: a render task's Blender arguments and its output read into progress and
+//!   failures;
 //! - [`farm`]: the scheduling, sans-IO with time passed in: priorities, tags, dependencies,
 //!   retries, blocklists, lost nodes, pause/resume/cancel/retry, and why tasks wait.
 
+pub mod blender;
 pub mod farm;
 pub mod template;
