@@ -98,22 +98,7 @@ enum Command {
         watch: bool,
     },
     /// Accept an offer: the session becomes yours, and this tablet attaches to it.
-    Accept {
-        /// The offer id.
-        offer: String,
-        /// Only accept; do not attach.
-        #[arg(long)]
-        no_attach: bool,
-        /// Attach without a window.
-        #[arg(long)]
-        headless: bool,
-        /// Leave after this many seconds.
-        #[arg(long)]
-        seconds: Option<f64>,
-        /// Save the latest frame as PNG when leaving.
-        #[arg(long)]
-        screenshot: Option<PathBuf>,
-    },
+    Accept(AcceptArgs),
     /// Decline an offer made to you.
     Decline {
         /// The offer id.
@@ -236,6 +221,52 @@ fn print_notice(n: &periphery_protocol::Notice) {
     }
 }
 
+/// How to accept, and how the accepting tablet attaches: it shows monitor 0 of the layout it
+/// takes over, or extends it with a monitor of its own size.
+#[derive(Debug, clap::Args)]
+struct AcceptArgs {
+    /// The offer id.
+    offer: String,
+    /// Only accept; do not attach.
+    #[arg(long)]
+    no_attach: bool,
+    /// Extend the desktop with a monitor of this tablet's size instead of showing monitor 0.
+    #[arg(long, conflicts_with = "mirror")]
+    extend: bool,
+    /// The size of that monitor (default: the screen's size in a full-screen window; 1280x800
+    /// headless).
+    #[arg(long, requires = "extend")]
+    size: Option<String>,
+    /// Show this monitor (default 0).
+    #[arg(long)]
+    mirror: Option<u32>,
+    /// Attach without a window.
+    #[arg(long)]
+    headless: bool,
+    /// Leave after this many seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Save the latest frame as PNG when leaving.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+}
+
+impl AcceptArgs {
+    /// How to attach to `ws` once it is ours.
+    fn attach_args(self, ws: String) -> AttachArgs {
+        AttachArgs {
+            name: ws,
+            extend: self.extend,
+            size: self.size,
+            mirror: (!self.extend).then(|| self.mirror.unwrap_or(0)),
+            view_only: false,
+            headless: self.headless,
+            screenshot: self.screenshot,
+            seconds: self.seconds,
+        }
+    }
+}
+
 /// How to attach.
 #[derive(Debug, clap::Args)]
 struct AttachArgs {
@@ -290,28 +321,11 @@ fn main() -> std::process::ExitCode {
             let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
             attach_window(&rt, home, args)
         }
-        Command::Accept {
-            offer,
-            no_attach: false,
-            headless: false,
-            seconds,
-            screenshot,
-        } => {
+        Command::Accept(a) if !a.no_attach && !a.headless => {
             // Accept on the runtime, then the window on this thread.
             let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
-            rt.block_on(accept(&home, offer)).and_then(|ws| {
-                let args = AttachArgs {
-                    name: ws,
-                    extend: false,
-                    size: None,
-                    mirror: Some(0),
-                    view_only: false,
-                    headless: false,
-                    screenshot,
-                    seconds,
-                };
-                attach_window(&rt, home, args)
-            })
+            rt.block_on(accept(&home, a.offer.clone()))
+                .and_then(|ws| attach_window(&rt, home, a.attach_args(ws)))
         }
         command => rt.block_on(run(cli.home, command)),
     };
@@ -433,15 +447,7 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             }
             s.close().await;
         }
-        Command::Attach(args) => {
-            let size = match &args.size {
-                Some(s) => parse_size(s)?,
-                None => (1280, 800),
-            };
-            let mut v = attach(&home, &args, size).await?;
-            let attached = watch(&mut v, &args, None).await?;
-            finish(v, &args, attached).await?;
-        }
+        Command::Attach(args) => attach_headless(&home, &args).await?,
         Command::Handoff {
             name,
             to,
@@ -488,29 +494,11 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             }
             s.close().await;
         }
-        Command::Accept {
-            offer,
-            no_attach,
-            headless,
-            seconds,
-            screenshot,
-        } => {
-            let ws = accept(&home, offer).await?;
-            if !no_attach {
-                let args = AttachArgs {
-                    name: ws,
-                    extend: false,
-                    size: None,
-                    mirror: Some(0),
-                    view_only: false,
-                    headless,
-                    screenshot,
-                    seconds,
-                };
-                // (With a window, main() runs the accept and the window itself.)
-                let mut v = attach(&home, &args, (1280, 800)).await?;
-                let attached = watch(&mut v, &args, None).await?;
-                finish(v, &args, attached).await?;
+        Command::Accept(a) => {
+            // (With a window, main() runs the accept and the window itself.)
+            let ws = accept(&home, a.offer.clone()).await?;
+            if !a.no_attach {
+                attach_headless(&home, &a.attach_args(ws)).await?;
             }
         }
         Command::Decline { offer } => simple(&home, Request::HandoffDecline { offer }).await?,
@@ -808,6 +796,17 @@ async fn simple(home: &Home, request: Request) -> anyhow::Result<()> {
     }
     s.close().await;
     Ok(())
+}
+
+/// Attaches without a window until Ctrl-C, `--seconds` or a detach by the appliance.
+async fn attach_headless(home: &Home, args: &AttachArgs) -> anyhow::Result<()> {
+    let size = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => (1280, 800),
+    };
+    let mut v = attach(home, args, size).await?;
+    let attached = watch(&mut v, args, None).await?;
+    finish(v, args, attached).await
 }
 
 /// Accepts an offer; returns the workstation (`user/name`) now controlled.

@@ -453,7 +453,26 @@ async fn reclaim_shares_and_the_floor() {
     );
     // Not reclaimable: alice cannot take it back.
     let id = offer_id(&ta.ok(&["handoff", "design", "--to", "bob"]));
-    tb.ok(&["accept", &id, "--no-attach"]);
+    // Bob's accepting tablet extends the desktop with a monitor of its own size.
+    let out = tb.cli(
+        &[
+            "accept",
+            &id,
+            "--headless",
+            "--extend",
+            "--size",
+            "640x480",
+            "--seconds",
+            "1",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("attached to alice/design monitor") && err.contains("(640x480)"),
+        "{err}"
+    );
     let e = ta.fails(&["reclaim", "alice/design"]);
     assert!(e.contains("not handed off with --reclaimable"), "{e}");
     // Bob hands it back reclaimably; bob (and only bob) reclaims.
