@@ -442,8 +442,18 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
             if list.is_empty() {
                 println!("no workstations");
             }
+            let me = match &s.welcome.identity {
+                Some(periphery_protocol::Identity::Device { user, .. }) => user.clone(),
+                _ => String::new(),
+            };
             for w in list {
-                println!("{:<20} {:<8} {}", w.name, w.backend, w.state);
+                // Sessions handed or shared to this user are named with their owner.
+                let name = if w.user == me {
+                    w.name
+                } else {
+                    format!("{}/{}", w.user, w.name)
+                };
+                println!("{name:<20} {:<8} {}", w.backend, w.state);
             }
             s.close().await;
         }

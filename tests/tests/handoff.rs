@@ -308,6 +308,9 @@ async fn a_handoff_moves_the_desktop_and_no_input_of_the_old_owner_lands_after_i
         .await
         .unwrap_err();
     assert!(e.to_string().contains("bob controls it"), "{e}");
+    // Bob lists it with its owner's name.
+    let list = tb.ok(&["workstations"]);
+    assert!(list.contains("alice/design"), "{list}");
     // The history shows the offer, the accept and the handoff.
     let history = a1.ok(&["history", "design"]);
     for event in ["handoff-offer", "handoff-accept", "session-handoff"] {
