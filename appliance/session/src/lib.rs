@@ -333,36 +333,33 @@ impl Session {
 
     /// The recipient declines offer `id`.
     pub fn decline(&mut self, id: &str, by: &str) -> Result<Vec<Event>, SessionError> {
-        let offer = self.offer_ref(id)?;
-        if offer.to_user != by {
-            return Err(SessionError::NotYours {
-                offer: id.to_owned(),
-                to: offer.to_user.clone(),
-                user: by.to_owned(),
-            });
-        }
-        let offer = self.take_offer(id)?;
-        Ok(vec![Event::OfferEnded {
-            offer,
-            end: OfferEnd::Declined,
-            by: Some(by.to_owned()),
-        }])
+        self.end_offer(id, by, OfferEnd::Declined)
     }
 
     /// The offerer withdraws offer `id` before it is accepted.
     pub fn withdraw(&mut self, id: &str, by: &str) -> Result<Vec<Event>, SessionError> {
+        self.end_offer(id, by, OfferEnd::Withdrawn)
+    }
+
+    /// Ends offer `id` on behalf of `by`: its recipient declines, its maker withdraws.
+    fn end_offer(&mut self, id: &str, by: &str, end: OfferEnd) -> Result<Vec<Event>, SessionError> {
         let offer = self.offer_ref(id)?;
-        if offer.from_user != by {
+        let party = if end == OfferEnd::Withdrawn {
+            &offer.from_user
+        } else {
+            &offer.to_user
+        };
+        if party != by {
             return Err(SessionError::NotYours {
                 offer: id.to_owned(),
-                to: offer.from_user.clone(),
+                to: party.clone(),
                 user: by.to_owned(),
             });
         }
         let offer = self.take_offer(id)?;
         Ok(vec![Event::OfferEnded {
             offer,
-            end: OfferEnd::Withdrawn,
+            end,
             by: Some(by.to_owned()),
         }])
     }

@@ -278,6 +278,17 @@ pub fn valid_user_name(name: &str) -> bool {
         })
 }
 
+/// A stored audit record as the API shows it.
+fn audit_entry((seq, a): (u64, AuditRecord)) -> AuditEntry {
+    AuditEntry {
+        seq,
+        at: a.at,
+        actor: a.actor,
+        event: a.event,
+        detail: a.detail,
+    }
+}
+
 fn audit(actor: String, event: &str, detail: String) -> AuditRecord {
     AuditRecord {
         at: unix_now(),
@@ -387,6 +398,18 @@ impl Appliance {
         (id, rx)
     }
 
+    /// Fails with `NotFound` unless user `name` exists.
+    async fn require_user(&self, name: &str) -> Result<(), ApiError> {
+        let n = name.to_owned();
+        match self.blocking(move |s| s.user(&n)).await.map_err(internal)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("user '{name}' not found"),
+            )),
+        }
+    }
+
     /// Sends `notice` to every connection of `user`'s devices.
     pub fn notify_user(&self, user: &str, notice: &Notice) {
         for c in lock(&self.connections).values() {
@@ -454,18 +477,7 @@ impl Appliance {
             }
             Request::DeviceRevoke { id } => self.device_revoke(&conv.caller, actor, id).await,
             Request::PairCodeCreate { user } => {
-                let u = user.clone();
-                let exists = self
-                    .blocking(move |s| s.user(&u))
-                    .await
-                    .map_err(internal)?
-                    .is_some();
-                if !exists {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("user '{user}' not found"),
-                    ));
-                }
+                self.require_user(&user).await?;
                 let code = self.issue_code(&user);
                 let a = audit(
                     actor,
@@ -531,17 +543,7 @@ impl Appliance {
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
                     .await
                     .map_err(internal)?;
-                Ok(Response::Audit(
-                    rows.into_iter()
-                        .map(|(seq, a)| AuditEntry {
-                            seq,
-                            at: a.at,
-                            actor: a.actor,
-                            event: a.event,
-                            detail: a.detail,
-                        })
-                        .collect(),
-                ))
+                Ok(Response::Audit(rows.into_iter().map(audit_entry).collect()))
             }
         }
     }

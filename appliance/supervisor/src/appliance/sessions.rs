@@ -9,12 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 
-use periphery_protocol::{
-    ApiError, AuditEntry, ErrorCode, Notice, OfferInfo, Request, Response, SessionInfo,
-};
+use periphery_protocol::{ApiError, ErrorCode, Notice, OfferInfo, Request, Response, SessionInfo};
 use periphery_session::{Access, Event, Millis, Offer, OfferEnd, Session, SessionError};
 
-use super::{audit, internal, lock, Appliance, Caller, Conversation};
+use super::{audit, audit_entry, internal, lock, Appliance, Caller, Conversation};
 use crate::store::{AuditRecord, WorkstationRecord};
 
 fn now_ms() -> Millis {
@@ -327,11 +325,25 @@ impl Appliance {
     /// Ends the offers whose time ran out; run every second by the daemon.
     pub async fn expire_offers(&self) -> Result<(), ApiError> {
         let now = now_ms();
-        for (rec, s) in self.ws_sessions().await? {
-            if s.next_expiry().is_some_and(|t| t <= now) {
-                self.transition(&rec, "appliance".into(), |s, now| Ok(((), s.expire(now))))
-                    .await?;
-            }
+        // Only stored sessions can hold offers; workstations are read only when one is due.
+        let due: Vec<String> = self
+            .blocking(|s| s.sessions())
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(_, s)| s.next_expiry().is_some_and(|t| t <= now))
+            .map(|(id, _)| id)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let records = self
+            .blocking(|s| s.workstations())
+            .await
+            .map_err(internal)?;
+        for rec in records.iter().filter(|r| due.contains(&r.id)) {
+            self.transition(rec, "appliance".into(), |s, now| Ok(((), s.expire(now))))
+                .await?;
         }
         Ok(())
     }
@@ -364,18 +376,7 @@ impl Appliance {
             } => {
                 let d = tablet_only()?;
                 let (rec, _) = self.resolve_session(&conv.caller, &ws).await?;
-                let t = to.clone();
-                if self
-                    .blocking(move |s| s.user(&t))
-                    .await
-                    .map_err(internal)?
-                    .is_none()
-                {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("user '{to}' not found"),
-                    ));
-                }
+                self.require_user(&to).await?;
                 let mut raw = [0u8; 4];
                 rand::thread_rng().fill_bytes(&mut raw);
                 let id = hex::encode(raw);
@@ -445,18 +446,7 @@ impl Appliance {
             Request::Share { ws, with, control } => {
                 let d = tablet_only()?;
                 let (rec, _) = self.resolve_session(&conv.caller, &ws).await?;
-                let w = with.clone();
-                if self
-                    .blocking(move |s| s.user(&w))
-                    .await
-                    .map_err(internal)?
-                    .is_none()
-                {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("user '{with}' not found"),
-                    ));
-                }
+                self.require_user(&with).await?;
                 let access = if control {
                     Access::Control
                 } else {
@@ -521,13 +511,7 @@ impl Appliance {
                         (a.event.starts_with("handoff-") || a.event.starts_with("session-"))
                             && a.detail.starts_with(&prefix)
                     })
-                    .map(|(seq, a)| AuditEntry {
-                        seq,
-                        at: a.at,
-                        actor: a.actor,
-                        event: a.event,
-                        detail: a.detail,
-                    })
+                    .map(audit_entry)
                     .collect();
                 Ok(Response::Audit(entries))
             }
