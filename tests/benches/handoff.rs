@@ -8,13 +8,11 @@ use std::time::{Duration, Instant};
 
 use periphery_e2e::{Daemon, DaemonOptions, Tablet};
 use periphery_protocol::{AttachMode, Request, Response};
-use periphery_tablet::home::Home;
 use periphery_tablet::session::Session;
 use periphery_tablet::viewer::Viewer;
 
 fn cfg(t: &Tablet) -> quinn::ClientConfig {
-    let c = Home::new(t.home.clone()).load().unwrap();
-    periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap()
+    t.client_config()
 }
 
 fn p50(v: &mut [f64]) -> f64 {

@@ -325,6 +325,22 @@ impl Tablet {
         }
     }
 
+    /// A tablet with its home in `dir/name`, paired with `daemon` for `user`.
+    pub fn paired(daemon: &Daemon, dir: &Path, name: &str, user: &str) -> Self {
+        let t = Self::new(&dir.join(name));
+        t.pair(daemon, &daemon.pair_code(user));
+        t
+    }
+
+    /// The pinned QUIC configuration from its home, for clients built on the library.
+    pub fn client_config(&self) -> quinn::ClientConfig {
+        let c = periphery_tablet::home::Home::new(self.home.clone())
+            .load()
+            .expect("the tablet is paired");
+        periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der)
+            .expect("its stored credentials make a TLS configuration")
+    }
+
     /// A tablet that runs inside a network namespace.
     pub fn in_netns(home: &Path, ns: &str) -> Self {
         Self {

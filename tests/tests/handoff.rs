@@ -12,7 +12,6 @@ use std::time::Duration;
 use periphery_e2e::{wait_for, Daemon, DaemonOptions, Tablet};
 use periphery_protocol::media::WireInput;
 use periphery_protocol::{AttachMode, Notice, Request, Response};
-use periphery_tablet::home::Home;
 use periphery_tablet::session::Session;
 use periphery_tablet::viewer::{Viewer, ViewerError};
 use periphery_workstation::input::keysym_for_char;
@@ -49,14 +48,11 @@ fn setup() -> Setup {
 }
 
 fn tablet(s: &Setup, name: &str, user: &str) -> Tablet {
-    let t = Tablet::new(&s.dir.path().join(name));
-    t.pair(&s.d, &s.d.pair_code(user));
-    t
+    Tablet::paired(&s.d, s.dir.path(), name, user)
 }
 
 fn cfg(t: &Tablet) -> quinn::ClientConfig {
-    let c = Home::new(t.home.clone()).load().unwrap();
-    periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap()
+    t.client_config()
 }
 
 async fn session(s: &Setup, t: &Tablet) -> Session {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use periphery_e2e::{wait_for, Daemon, DaemonOptions, Tablet};
 use periphery_protocol::media::{WireButton, WireInput};
 use periphery_protocol::AttachMode;
-use periphery_tablet::home::Home;
 use periphery_tablet::viewer::{Viewer, ViewerError};
 use periphery_workstation::input::keysym_for_char;
 
@@ -36,9 +35,7 @@ fn setup() -> Setup {
 }
 
 fn tablet(s: &Setup, name: &str, user: &str) -> Tablet {
-    let t = Tablet::new(&s.dir.path().join(name));
-    t.pair(&s.d, &s.d.pair_code(user));
-    t
+    Tablet::paired(&s.d, s.dir.path(), name, user)
 }
 
 async fn view(
@@ -47,9 +44,14 @@ async fn view(
     mode: AttachMode,
     view_only: bool,
 ) -> Result<Viewer, ViewerError> {
-    let c = Home::new(t.home.clone()).load().unwrap();
-    let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
-    Viewer::attach(s.d.banner.addr, cfg, "design", mode, view_only).await
+    Viewer::attach(
+        s.d.banner.addr,
+        t.client_config(),
+        "design",
+        mode,
+        view_only,
+    )
+    .await
 }
 
 fn extend(width: u32, height: u32) -> AttachMode {
@@ -245,11 +247,9 @@ async fn strangers_cannot_attach_and_viewers_cannot_type() {
         "{e}"
     );
     let e = {
-        let c = Home::new(bob.home.clone()).load().unwrap();
-        let cfg = periphery_tablet::tls::pinned(&c.ca_der, &c.cert_der, &c.key_der).unwrap();
         Viewer::attach(
             s.d.banner.addr,
-            cfg,
+            bob.client_config(),
             "alice/design",
             AttachMode::Mirror { monitor: 0 },
             false,

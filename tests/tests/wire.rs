@@ -9,7 +9,6 @@ use periphery_e2e::{Daemon, DaemonOptions, Tablet};
 use periphery_protocol::{
     encode_frame, ClientMessage, CloseCode, Hello, Request, Response, DEFAULT_MAX_FRAME,
 };
-use periphery_tablet::home::Home;
 use periphery_tablet::session::{connect, Session};
 use periphery_tablet::tls::{first_contact, SeenCert};
 
@@ -55,9 +54,7 @@ async fn bad_input_closes_only_the_offending_connection() {
     d.ok(&["user", "add", "alice", "--no-password"]);
     let t = Tablet::new(&dir.path().join("t"));
     t.pair(&d, &d.pair_code("alice"));
-    let creds = Home::new(t.home.clone()).load().unwrap();
-    let cfg =
-        periphery_tablet::tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der).unwrap();
+    let cfg = t.client_config();
     // The well-behaved tablet stays connected through all of it.
     let mut good = Session::connect(d.banner.addr, cfg).await.unwrap();
 
@@ -164,9 +161,7 @@ async fn an_unpaired_connection_is_closed_after_its_window_and_paired_ones_stay(
     d.ok(&["user", "add", "alice", "--no-password"]);
     let t = Tablet::new(&dir.path().join("t"));
     t.pair(&d, &d.pair_code("alice"));
-    let creds = Home::new(t.home.clone()).load().unwrap();
-    let cfg =
-        periphery_tablet::tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der).unwrap();
+    let cfg = t.client_config();
     let mut good = Session::connect(d.banner.addr, cfg).await.unwrap();
 
     // An unpaired peer says hello and then nothing: closed with Timeout after its window.
