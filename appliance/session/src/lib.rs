@@ -158,6 +158,16 @@ pub enum SessionError {
         /// Who asked.
         user: String,
     },
+    /// Only the offer's maker may withdraw it.
+    #[error("offer {offer} was made by {from}, not by {user}")]
+    NotOfferer {
+        /// The offer.
+        offer: String,
+        /// Who made it.
+        from: String,
+        /// Who asked.
+        user: String,
+    },
     /// The offer lapsed.
     #[error("offer {0} has expired")]
     Expired(String),
@@ -344,15 +354,17 @@ impl Session {
     /// Ends offer `id` on behalf of `by`: its recipient declines, its maker withdraws.
     fn end_offer(&mut self, id: &str, by: &str, end: OfferEnd) -> Result<Vec<Event>, SessionError> {
         let offer = self.offer_ref(id)?;
-        let party = if end == OfferEnd::Withdrawn {
-            &offer.from_user
-        } else {
-            &offer.to_user
-        };
-        if party != by {
+        if end == OfferEnd::Withdrawn && offer.from_user != by {
+            return Err(SessionError::NotOfferer {
+                offer: id.to_owned(),
+                from: offer.from_user.clone(),
+                user: by.to_owned(),
+            });
+        }
+        if end != OfferEnd::Withdrawn && offer.to_user != by {
             return Err(SessionError::NotYours {
                 offer: id.to_owned(),
-                to: party.clone(),
+                to: offer.to_user.clone(),
                 user: by.to_owned(),
             });
         }
@@ -564,10 +576,8 @@ mod tests {
         let mut s = Session::new("alice");
         offered(&mut s, 0, "o1", "bob");
         offered(&mut s, 0, "o2", "bob");
-        assert!(matches!(
-            s.withdraw("o1", "bob"),
-            Err(SessionError::NotYours { .. })
-        ));
+        let e = s.withdraw("o1", "bob").unwrap_err();
+        assert_eq!(e.to_string(), "offer o1 was made by alice, not by bob");
         s.withdraw("o1", "alice").unwrap();
         assert!(matches!(
             s.accept(1, "o1", "bob"),

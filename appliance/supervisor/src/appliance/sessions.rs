@@ -43,6 +43,7 @@ fn session_err(e: SessionError) -> ApiError {
     let code = match &e {
         SessionError::NotController { .. }
         | SessionError::NotYours { .. }
+        | SessionError::NotOfferer { .. }
         | SessionError::CannotReclaim { .. }
         | SessionError::NotAllowed(_) => ErrorCode::Forbidden,
         SessionError::NoSuchOffer(_) => ErrorCode::NotFound,
