@@ -1,8 +1,8 @@
 //! The Periphery tablet client as a library: the `periphery-tablet` binary is a thin CLI over
 //! it, and end-to-end tests use it to act as tablets (well-behaved or not).
 //!
-//! - [`tls`]: first-contact and pinned TLS configurations;
-//! - [`session`]: a control-stream session (connect, hello, requests);
+//! - [`tls`] and [`session`]: from `periphery-client` (TLS configurations, the
+//!   control-stream session), shared with the render node;
 //! - [`pairing`]: pairing by code (SPAKE2) and by password;
 //! - [`home`]: the tablet's stored credentials;
 //! - [`discover`]: finding appliances by DNS-SD;
@@ -14,7 +14,7 @@ pub mod discover;
 pub mod home;
 pub mod pairing;
 pub mod present;
-pub mod session;
-pub mod tls;
 pub mod viewer;
 pub mod window;
+
+pub use periphery_client::{session, tls};

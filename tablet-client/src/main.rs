@@ -431,6 +431,7 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
                     s.welcome.appliance
                 ),
                 Identity::LocalAdmin { uid } => println!("local admin (uid {uid})"),
+                Identity::Node { node_id, name } => println!("render node {node_id} ({name})"),
             }
             s.close().await;
         }

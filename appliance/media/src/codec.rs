@@ -65,7 +65,7 @@ impl std::fmt::Display for EncoderReport {
     }
 }
 
-fn init() -> Result<(), CodecError> {
+pub(crate) fn init() -> Result<(), CodecError> {
     static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     INIT.get_or_init(|| {
         ff::init().map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@
 //! - [`messages`]: the control stream's messages — [`ClientMessage`], [`ServerMessage`] and the
 //!   control API, [`Request`];
 //! - [`media`]: video frame streams and input messages, their validation and rate limit;
+//! - [`render`]: render jobs, nodes, and files by content hash;
 //! - [`negotiate`]: the version handshake carried by [`Hello`];
 //! - [`pairing`]: the pairing code format and the transcript MACs that bind a SPAKE2 exchange
 //!   to the appliance certificate and the tablet's key;
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod media;
 pub mod messages;
 pub mod pairing;
+pub mod render;
 
 pub use frame::{
     decode_payload, encode_frame, DecodeError, EncodeError, FrameDecoder, FrameError,

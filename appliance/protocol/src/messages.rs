@@ -191,6 +191,13 @@ pub enum Identity {
         /// That user's role.
         role: Role,
     },
+    /// A render node, authenticated by its certificate.
+    Node {
+        /// The node's id.
+        node_id: String,
+        /// Its name as given at join.
+        name: String,
+    },
 }
 
 /// The appliance's control API: every action a client can ask for.
@@ -451,6 +458,68 @@ pub enum Request {
         /// `name` or `user/name`.
         ws: String,
     },
+    /// Store a chunk of a file by content. Chunks come in order from offset 0 (at most
+    /// [`MAX_BLOB_CHUNK`](crate::render::MAX_BLOB_CHUNK) bytes); with `last` the appliance
+    /// checks the whole file against `hash` and keeps it. Answer: [`Response::Done`].
+    BlobPut {
+        /// BLAKE3 of the whole file.
+        hash: String,
+        /// Where this chunk starts.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// Which of these files the appliance does not have. Answer: [`Response::Missing`].
+    BlobMissing {
+        /// Hashes.
+        hashes: Vec<String>,
+    },
+    /// A chunk of a stored file. Answer: [`Response::Bytes`] (empty past the end).
+    BlobGet {
+        /// Hash.
+        hash: String,
+        /// Where to start.
+        offset: u64,
+        /// At most this many bytes (capped at [`MAX_BLOB_CHUNK`](crate::render::MAX_BLOB_CHUNK)).
+        len: u32,
+    },
+    /// Queue a render job. Answer: [`Response::RenderJob`].
+    RenderSubmit(crate::render::JobSubmission),
+    /// Jobs (a user sees theirs, an administrator all). Answer: [`Response::RenderJobs`].
+    RenderList,
+    /// One job with its tasks. Answer: [`Response::RenderJob`].
+    RenderShow {
+        /// Job id.
+        job: u64,
+    },
+    /// Pause, resume, cancel or retry a job. Answer: [`Response::RenderJob`].
+    RenderControl {
+        /// Job id.
+        job: u64,
+        /// What to do.
+        action: crate::render::JobAction,
+    },
+    /// Render nodes. Answer: [`Response::RenderNodes`].
+    RenderNodes,
+    /// A join token for render nodes (administrators). Answer: [`Response::NodeToken`].
+    RenderNodeToken,
+    /// A render node joins with a token (unpaired connections only). Answer:
+    /// [`Response::NodeJoined`].
+    NodeJoin {
+        /// The token's secret part.
+        secret: String,
+        /// The node's name.
+        name: String,
+        /// A certificate signing request for the node's key (DER).
+        csr_der: Vec<u8>,
+    },
+    /// A node's heartbeat and request for work. Answer: [`Response::Work`].
+    NodeWork(crate::render::NodeWork),
+    /// A node reports a finished task. Answer: [`Response::Done`], or an error when the
+    /// node no longer holds the lease (its outputs are then discarded).
+    NodeTaskDone(crate::render::TaskDone),
 }
 
 /// A tablet's figures over its last window.
@@ -538,6 +607,18 @@ impl Request {
             Request::FloorTake { .. } => "floor-take",
             Request::SessionShow { .. } => "session-show",
             Request::History { .. } => "history",
+            Request::BlobPut { .. } => "blob-put",
+            Request::BlobMissing { .. } => "blob-missing",
+            Request::BlobGet { .. } => "blob-get",
+            Request::RenderSubmit(_) => "render-submit",
+            Request::RenderList => "render-list",
+            Request::RenderShow { .. } => "render-show",
+            Request::RenderControl { .. } => "render-control",
+            Request::RenderNodes => "render-nodes",
+            Request::RenderNodeToken => "render-node-token",
+            Request::NodeJoin { .. } => "node-join",
+            Request::NodeWork(_) => "node-work",
+            Request::NodeTaskDone(_) => "node-task-done",
         }
     }
 }
@@ -599,6 +680,34 @@ pub enum Response {
     },
     /// A session.
     Session(SessionInfo),
+    /// Hashes the appliance does not have.
+    Missing(Vec<String>),
+    /// Bytes of a stored file.
+    Bytes(Vec<u8>),
+    /// A render job.
+    RenderJob(crate::render::JobDetail),
+    /// Render jobs.
+    RenderJobs(Vec<crate::render::JobSummary>),
+    /// Render nodes.
+    RenderNodes(Vec<crate::render::NodeInfo>),
+    /// A join token for render nodes.
+    NodeToken {
+        /// What `periphery-render-node join` takes.
+        token: String,
+        /// Seconds until it expires.
+        expires_in_secs: u64,
+    },
+    /// A node joined.
+    NodeJoined {
+        /// Its id.
+        node_id: String,
+        /// Its certificate (DER), signed by the appliance CA.
+        cert_der: Vec<u8>,
+        /// The appliance CA to pin (DER).
+        ca_der: Vec<u8>,
+    },
+    /// Work for a node.
+    Work(crate::render::WorkReply),
 }
 
 /// What a tablet receives when it is paired.

@@ -1,15 +1,27 @@
 //! The farm's scheduling, sans-IO: jobs of steps of tasks, render nodes with tags, and the
-//! decisions — which task runs on which node, retries, blocklists, dependencies, and why a
-//! task waits. Time is passed in (milliseconds); the appliance drives it and does the I/O.
+//! decisions — which task runs on which node, retries, blocklists, dependencies, leases, and
+//! why a task waits. Time is passed in (milliseconds); the appliance drives it, does the I/O
+//! and persists what [`Farm::take_changes`] names.
 //!
 //! Order: among jobs with a runnable task, the highest priority first, then the oldest. A task
 //! is runnable when its job is neither paused nor ended, every step its step depends on is
 //! done, and a free node carries all the job's tags and is not blocklisted for the job. A
 //! failed task is retried up to [`MAX_ATTEMPTS`] times; a node that failed
-//! [`BLOCKLIST_AFTER`] tasks of a job gets no more of them. A node silent for
-//! [`NODE_TIMEOUT`] is lost: its task goes back to waiting (not counted as an attempt).
+//! [`BLOCKLIST_AFTER`] tasks of a job gets no more of them.
+//!
+//! Leases: an assignment is a [`Lease`] (task and attempt) held by one node while it sends
+//! heartbeats ([`Farm::node_seen`]). A node silent for [`NODE_TIMEOUT`] is lost: its task
+//! waits again (not counted as an attempt). A completion is accepted only from the node that
+//! holds the task's current lease, so a late report from a lost node — or a report for an
+//! earlier attempt — is refused: each task completes at most once.
+//!
+//! Cost: each step keeps its waiting tasks in order and counts of its tasks by state, so
+//! handing out a task, or reporting one, costs the same whatever the queue's length
+//! ([`Farm::examined`] counts the work, and a test holds it flat over 10,000 tasks).
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds (the appliance's clock).
 pub type Millis = u64;
@@ -17,8 +29,8 @@ pub type Millis = u64;
 /// Attempts per task before it fails for good.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Failures of one job's tasks on one node before the node is blocklisted for the job.
-pub const BLOCKLIST_AFTER: u32 = 2;
-/// Silence after which a node is lost.
+pub const BLOCKLIST_AFTER: u32 = 3;
+/// Silence after which a node is lost and its lease expires.
 pub const NODE_TIMEOUT: Millis = 30_000;
 /// The default job priority (0-100).
 pub const DEFAULT_PRIORITY: u8 = 50;
@@ -40,9 +52,10 @@ pub struct JobRequest {
 }
 
 /// A task's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
     /// Not started (or to be run again).
+    #[default]
     Waiting,
     /// Running on a node since a time.
     Running {
@@ -59,17 +72,93 @@ pub enum TaskState {
     Canceled,
 }
 
-#[derive(Debug, Clone)]
-struct Task {
-    state: TaskState,
-    attempts: u32,
+/// A task as stored: its state, its failures and the leases given out for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its state.
+    pub state: TaskState,
+    /// Failed attempts since the last retry.
+    pub failures: u32,
+    /// Leases given out so far; the newest is the only one a report is accepted for.
+    pub leases: u32,
+}
+
+/// A step as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMeta {
+    /// Its name.
+    pub name: String,
+    /// Indexes of the earlier steps it waits for.
+    pub depends_on: Vec<usize>,
+    /// How many tasks it has.
+    pub tasks: usize,
+}
+
+/// A job as stored, without its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMeta {
+    /// Its name.
+    pub name: String,
+    /// 0-100.
+    pub priority: u8,
+    /// Tags a node must carry.
+    pub tags: BTreeSet<String>,
+    /// When it was submitted.
+    pub submitted: Millis,
+    /// Held.
+    pub paused: bool,
+    /// Canceled.
+    pub canceled: bool,
+    /// Its steps.
+    pub steps: Vec<StepMeta>,
+    /// Failures of its tasks per node (the blocklist).
+    pub failures: BTreeMap<String, u32>,
+}
+
+/// Counts of a step's (or a job's) tasks by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks done.
+    pub done: usize,
+    /// Tasks running.
+    pub running: usize,
+    /// Tasks failed for good.
+    pub failed: usize,
+    /// Tasks waiting.
+    pub waiting: usize,
+    /// Tasks canceled.
+    pub canceled: usize,
+    /// All tasks.
+    pub total: usize,
+}
+
+impl Progress {
+    fn slot(&mut self, s: &TaskState) -> &mut usize {
+        match s {
+            TaskState::Waiting => &mut self.waiting,
+            TaskState::Running { .. } => &mut self.running,
+            TaskState::Done => &mut self.done,
+            TaskState::Failed(_) => &mut self.failed,
+            TaskState::Canceled => &mut self.canceled,
+        }
+    }
+
+    fn add(&mut self, o: &Progress) {
+        self.done += o.done;
+        self.running += o.running;
+        self.failed += o.failed;
+        self.waiting += o.waiting;
+        self.canceled += o.canceled;
+        self.total += o.total;
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Step {
-    name: String,
-    depends_on: Vec<usize>,
-    tasks: Vec<Task>,
+    tasks: Vec<TaskRecord>,
+    /// Indexes of waiting tasks, in order.
+    waiting: BTreeSet<usize>,
+    counts: Progress,
 }
 
 /// A job's state.
@@ -87,17 +176,28 @@ pub enum JobState {
     Canceled,
 }
 
+impl JobState {
+    /// Lower-case name, as shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Active => "active",
+            JobState::Paused => "paused",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+
+    /// Whether nothing more will happen without a retry.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Canceled)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Job {
-    name: String,
-    priority: u8,
-    tags: BTreeSet<String>,
-    submitted: Millis,
-    paused: bool,
-    canceled: bool,
+    meta: JobMeta,
     steps: Vec<Step>,
-    /// Failures per node.
-    failures: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +208,9 @@ struct Node {
 }
 
 /// A task's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TaskRef {
     /// The job.
     pub job: JobId,
@@ -118,32 +220,41 @@ pub struct TaskRef {
     pub task: usize,
 }
 
+/// The right to run a task once, held by one node. Serials grow with every lease of the
+/// task, so a report for an older lease is recognised and refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task.
+    pub task: TaskRef,
+    /// The lease's serial (1 first).
+    pub serial: u32,
+}
+
 /// Work handed to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     /// The node.
     pub node: String,
-    /// The task.
-    pub task: TaskRef,
-    /// Which attempt this is (1 first).
+    /// The lease it now holds.
+    pub lease: Lease,
+    /// Which attempt this is (1, then 2 after a failure ...).
     pub attempt: u32,
 }
 
-/// A job's counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Tasks done.
-    pub done: usize,
-    /// Tasks running.
-    pub running: usize,
-    /// Tasks failed for good.
-    pub failed: usize,
-    /// Tasks waiting.
-    pub waiting: usize,
-    /// Tasks canceled.
-    pub canceled: usize,
-    /// All tasks.
-    pub total: usize,
+/// What changed since the last [`Farm::take_changes`]: the rows to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Jobs whose [`JobMeta`] changed (or that are new).
+    pub jobs: BTreeSet<JobId>,
+    /// Tasks whose [`TaskRecord`] changed.
+    pub tasks: BTreeSet<TaskRef>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.tasks.is_empty()
+    }
 }
 
 /// Why a request about a job was refused.
@@ -160,12 +271,16 @@ pub enum FarmError {
         /// What it names.
         on: String,
     },
-    /// A report for a task that is not running on that node (late, or from a lost node).
-    #[error("task {0:?} is not running on node {1}")]
-    NotRunning(TaskRef, String),
+    /// A report for a lease the node does not hold (late, from a lost node, or for an
+    /// earlier attempt).
+    #[error("node {1} does not hold the lease of task {0:?} (it expired or was never given)")]
+    NotHeld(Lease, String),
     /// Priority over 100.
     #[error("priority {0} is outside 0..=100")]
     BadPriority(u8),
+    /// A job without tasks.
+    #[error("the job has no tasks")]
+    Empty,
 }
 
 /// The farm.
@@ -174,6 +289,73 @@ pub struct Farm {
     jobs: BTreeMap<JobId, Job>,
     nodes: BTreeMap<String, Node>,
     next_job: JobId,
+    changes: Changes,
+    examined: u64,
+}
+
+impl Step {
+    fn new(n: usize) -> Self {
+        let mut s = Step {
+            tasks: Vec::with_capacity(n),
+            waiting: BTreeSet::new(),
+            counts: Progress::default(),
+        };
+        for _ in 0..n {
+            s.push(TaskRecord::default());
+        }
+        s
+    }
+
+    fn push(&mut self, t: TaskRecord) {
+        let i = self.tasks.len();
+        *self.counts.slot(&t.state) += 1;
+        self.counts.total += 1;
+        if t.state == TaskState::Waiting {
+            self.waiting.insert(i);
+        }
+        self.tasks.push(t);
+    }
+
+    /// Moves task `i` to `state`, keeping the counts and the waiting set.
+    fn set(&mut self, i: usize, state: TaskState) {
+        let t = &mut self.tasks[i];
+        *self.counts.slot(&t.state) -= 1;
+        if t.state == TaskState::Waiting {
+            self.waiting.remove(&i);
+        }
+        *self.counts.slot(&state) += 1;
+        if state == TaskState::Waiting {
+            self.waiting.insert(i);
+        }
+        t.state = state;
+    }
+
+    fn done(&self) -> bool {
+        self.counts.done == self.counts.total
+    }
+}
+
+impl Job {
+    /// Whether `step` can never run: a step it depends on (directly or not) has failed tasks.
+    fn doomed(&self, step: usize) -> bool {
+        self.meta.steps[step]
+            .depends_on
+            .iter()
+            .any(|d| self.steps[*d].counts.failed > 0 || self.doomed(*d))
+    }
+
+    fn may_run_on(&self, id: &str, node: &Node) -> bool {
+        self.meta.tags.is_subset(&node.tags)
+            && self.meta.failures.get(id).copied().unwrap_or(0) < BLOCKLIST_AFTER
+    }
+
+    fn progress(&self) -> Progress {
+        let mut p = Progress::default();
+        for s in &self.steps {
+            p.add(&s.counts);
+        }
+        p
+    }
 }
 
 impl Farm {
@@ -182,17 +364,95 @@ impl Farm {
         Self::default()
     }
 
+    /// A farm from stored jobs (`(id, meta, tasks per step)`), after a restart at `now`.
+    /// Tasks that were running keep their lease: their node has [`NODE_TIMEOUT`] from `now`
+    /// to come back and report, else the tasks wait again.
+    pub fn restore(
+        now: Millis,
+        jobs: impl IntoIterator<Item = (JobId, JobMeta, Vec<Vec<TaskRecord>>)>,
+    ) -> Self {
+        let mut f = Farm::new();
+        for (id, meta, tasks) in jobs {
+            let mut steps = Vec::new();
+            for (si, step_tasks) in tasks.into_iter().enumerate() {
+                let mut s = Step::new(0);
+                for (ti, t) in step_tasks.into_iter().enumerate() {
+                    if let TaskState::Running { node, .. } = &t.state {
+                        f.nodes
+                            .entry(node.clone())
+                            .or_insert(Node {
+                                tags: BTreeSet::new(),
+                                last_seen: now,
+                                running: None,
+                            })
+                            .running = Some(TaskRef {
+                            job: id,
+                            step: si,
+                            task: ti,
+                        });
+                    }
+                    s.push(t);
+                }
+                steps.push(s);
+            }
+            f.next_job = f.next_job.max(id);
+            f.jobs.insert(id, Job { meta, steps });
+        }
+        f
+    }
+
+    /// Rows changed since the last call, for the caller to persist.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Work done choosing tasks so far (jobs and steps looked at): a measure of scheduling
+    /// cost that does not depend on the machine.
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// A job's stored form.
+    pub fn job_meta(&self, id: JobId) -> Option<&JobMeta> {
+        self.jobs.get(&id).map(|j| &j.meta)
+    }
+
+    /// A task's stored form.
+    pub fn task(&self, t: TaskRef) -> Option<&TaskRecord> {
+        self.jobs.get(&t.job)?.steps.get(t.step)?.tasks.get(t.task)
+    }
+
+    /// The jobs, oldest first.
+    pub fn job_ids(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.jobs.keys().copied()
+    }
+
+    /// The node ids known, with the task each runs.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, Option<TaskRef>)> {
+        self.nodes.iter().map(|(id, n)| (id.as_str(), n.running))
+    }
+
+    fn set_task(&mut self, t: TaskRef, state: TaskState) {
+        if let Some(job) = self.jobs.get_mut(&t.job) {
+            job.steps[t.step].set(t.task, state);
+            self.changes.tasks.insert(t);
+        }
+    }
+
     /// Queues a job.
     pub fn submit(&mut self, now: Millis, req: JobRequest) -> Result<JobId, FarmError> {
         if req.priority > 100 {
             return Err(FarmError::BadPriority(req.priority));
         }
-        let mut steps: Vec<Step> = Vec::new();
+        if req.steps.iter().all(|s| s.2 == 0) {
+            return Err(FarmError::Empty);
+        }
+        let mut metas: Vec<StepMeta> = Vec::new();
         for (name, deps, count) in &req.steps {
             let depends_on = deps
                 .iter()
                 .map(|d| {
-                    steps.iter().position(|s| s.name == *d).ok_or_else(|| {
+                    metas.iter().position(|s| s.name == *d).ok_or_else(|| {
                         FarmError::BadDependency {
                             step: name.clone(),
                             on: d.clone(),
@@ -200,38 +460,55 @@ impl Farm {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            steps.push(Step {
+            metas.push(StepMeta {
                 name: name.clone(),
                 depends_on,
-                tasks: vec![
-                    Task {
-                        state: TaskState::Waiting,
-                        attempts: 0,
-                    };
-                    *count
-                ],
+                tasks: *count,
             });
         }
         self.next_job += 1;
         let id = self.next_job;
+        let steps = metas.iter().map(|m| Step::new(m.tasks)).collect();
         self.jobs.insert(
             id,
             Job {
-                name: req.name,
-                priority: req.priority,
-                tags: req.tags,
-                submitted: now,
-                paused: false,
-                canceled: false,
+                meta: JobMeta {
+                    name: req.name,
+                    priority: req.priority,
+                    tags: req.tags,
+                    submitted: now,
+                    paused: false,
+                    canceled: false,
+                    steps: metas,
+                    failures: BTreeMap::new(),
+                },
                 steps,
-                failures: BTreeMap::new(),
             },
         );
+        self.changes.jobs.insert(id);
+        for (si, m) in self.jobs[&id].meta.steps.iter().enumerate() {
+            for ti in 0..m.tasks {
+                self.changes.tasks.insert(TaskRef {
+                    job: id,
+                    step: si,
+                    task: ti,
+                });
+            }
+        }
         Ok(id)
     }
 
-    /// A node joins (or comes back) with its tags.
-    pub fn node_seen(&mut self, now: Millis, id: &str, tags: BTreeSet<String>) {
+    /// A node's heartbeat: it is alive, with `tags`, running `running` (or nothing). A task
+    /// the farm had leased to it that it no longer runs (it restarted) waits again. Returns
+    /// the lease the node should stop: one it runs that is no longer current (expired,
+    /// canceled, or unknown).
+    pub fn node_seen(
+        &mut self,
+        now: Millis,
+        id: &str,
+        tags: BTreeSet<String>,
+        running: Option<Lease>,
+    ) -> Option<Lease> {
         let n = self.nodes.entry(id.to_owned()).or_insert(Node {
             tags: BTreeSet::new(),
             last_seen: now,
@@ -239,9 +516,57 @@ impl Farm {
         });
         n.tags = tags;
         n.last_seen = now;
+        let held = n.running;
+        let current = held.and_then(|t| {
+            let rec = self.task(t)?;
+            Some(Lease {
+                task: t,
+                serial: rec.leases,
+            })
+        });
+        if let Some(t) = held {
+            if running.map(|l| l.task) != Some(t) {
+                // The node lost the task (it restarted): the task did not fail.
+                self.release(id, t);
+            }
+        }
+        match running {
+            Some(l) if Some(l) != current => Some(l),
+            Some(l) if self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled) => Some(l),
+            _ => None,
+        }
     }
 
-    /// Nodes silent for [`NODE_TIMEOUT`] are lost; their tasks wait again. Returns them.
+    /// Puts a node's task back to waiting without counting a failure.
+    fn release(&mut self, node: &str, t: TaskRef) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.running = None;
+        }
+        let canceled = self.jobs.get(&t.job).is_some_and(|j| j.meta.canceled);
+        if let Some(rec) = self.task(t) {
+            if matches!(rec.state, TaskState::Running { .. }) {
+                self.set_task(
+                    t,
+                    if canceled {
+                        TaskState::Canceled
+                    } else {
+                        TaskState::Waiting
+                    },
+                );
+            }
+        }
+    }
+
+    /// A node leaves for good (or was removed): its task waits again.
+    pub fn node_gone(&mut self, id: &str) {
+        if let Some(t) = self.nodes.get(id).and_then(|n| n.running) {
+            self.release(id, t);
+        }
+        self.nodes.remove(id);
+    }
+
+    /// Nodes silent for [`NODE_TIMEOUT`] are lost; their leases expire and their tasks wait
+    /// again. Returns them.
     pub fn tick(&mut self, now: Millis) -> Vec<String> {
         let lost: Vec<String> = self
             .nodes
@@ -250,154 +575,155 @@ impl Farm {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &lost {
-            if let Some(n) = self.nodes.remove(id) {
-                if let Some(t) = n.running {
-                    if let Some(task) = self.task_mut(t) {
-                        task.state = TaskState::Waiting;
-                        // The node vanished; the task did not fail.
-                        task.attempts = task.attempts.saturating_sub(1);
-                    }
-                }
-            }
+            self.node_gone(id);
         }
         lost
     }
 
-    fn task_mut(&mut self, t: TaskRef) -> Option<&mut Task> {
-        self.jobs
-            .get_mut(&t.job)?
-            .steps
-            .get_mut(t.step)?
-            .tasks
-            .get_mut(t.task)
-    }
-
-    fn step_done(job: &Job, step: usize) -> bool {
-        job.steps[step]
-            .tasks
-            .iter()
-            .all(|t| t.state == TaskState::Done)
-    }
-
-    /// Whether `step` can never run: a step it depends on (directly or not) has failed tasks.
-    fn doomed(job: &Job, step: usize) -> bool {
-        job.steps[step].depends_on.iter().any(|d| {
-            job.steps[*d]
-                .tasks
-                .iter()
-                .any(|t| matches!(t.state, TaskState::Failed(_)))
-                || Self::doomed(job, *d)
-        })
-    }
-
-    fn node_may_run(job: &Job, id: &str, node: &Node) -> bool {
-        job.tags.is_subset(&node.tags)
-            && job.failures.get(id).copied().unwrap_or(0) < BLOCKLIST_AFTER
-    }
-
     /// The next waiting task of `job` whose step's dependencies are done.
-    fn ready_task(job: &Job, job_id: JobId) -> Option<TaskRef> {
-        if job.paused || job.canceled {
+    fn ready_task(&mut self, job_id: JobId) -> Option<TaskRef> {
+        let job = &self.jobs[&job_id];
+        if job.meta.paused || job.meta.canceled {
             return None;
         }
-        job.steps.iter().enumerate().find_map(|(si, s)| {
-            if !s.depends_on.iter().all(|d| Self::step_done(job, *d)) {
-                return None;
-            }
-            s.tasks
+        for (si, s) in job.steps.iter().enumerate() {
+            self.examined += 1;
+            let Some(&ti) = s.waiting.first() else {
+                continue;
+            };
+            if job.meta.steps[si]
+                .depends_on
                 .iter()
-                .position(|t| t.state == TaskState::Waiting)
-                .map(|ti| TaskRef {
+                .all(|d| job.steps[*d].done())
+            {
+                return Some(TaskRef {
                     job: job_id,
                     step: si,
                     task: ti,
-                })
-        })
+                });
+            }
+        }
+        None
     }
 
-    /// Hands waiting tasks to free nodes; the caller sends each to its node.
-    pub fn assign(&mut self, now: Millis) -> Vec<Assignment> {
+    /// Jobs with waiting tasks that may start, in the order they are served.
+    fn runnable_jobs(&self) -> Vec<JobId> {
         let mut order: Vec<(u8, Millis, JobId)> = self
             .jobs
             .iter()
-            .map(|(id, j)| (j.priority, j.submitted, *id))
+            .filter(|(_, j)| !j.meta.paused && !j.meta.canceled && j.progress().waiting > 0)
+            .map(|(id, j)| (j.meta.priority, j.meta.submitted, *id))
             .collect();
         // Highest priority, then oldest.
         order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        order.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    /// Hands waiting tasks to every free node; the caller sends each to its node.
+    pub fn assign(&mut self, now: Millis) -> Vec<Assignment> {
         let free: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.running.is_none())
             .map(|(id, _)| id.clone())
             .collect();
-        let mut out = Vec::new();
-        for node_id in free {
-            let pick = order.iter().find_map(|(_, _, jid)| {
-                let job = &self.jobs[jid];
-                let node = &self.nodes[&node_id];
-                if !Self::node_may_run(job, &node_id, node) {
-                    return None;
-                }
-                Self::ready_task(job, *jid)
-            });
-            let Some(t) = pick else { continue };
-            let Some(task) = self.task_mut(t) else {
-                continue;
-            };
-            task.attempts += 1;
-            task.state = TaskState::Running {
-                node: node_id.clone(),
-                since: now,
-            };
-            let attempt = task.attempts;
-            if let Some(n) = self.nodes.get_mut(&node_id) {
-                n.running = Some(t);
-            }
-            out.push(Assignment {
-                node: node_id,
-                task: t,
-                attempt,
-            });
-        }
-        out
+        let order = self.runnable_jobs();
+        free.into_iter()
+            .filter_map(|n| self.assign_in_order(now, &n, &order))
+            .collect()
     }
 
-    /// A node reports a task's end: `Ok` when done, `Err` with the failure.
+    /// The next task for node `id` (which asks for work), if it is free and a task fits.
+    pub fn assign_node(&mut self, now: Millis, id: &str) -> Option<Assignment> {
+        if self.nodes.get(id)?.running.is_some() {
+            return None;
+        }
+        let order = self.runnable_jobs();
+        self.assign_in_order(now, id, &order)
+    }
+
+    fn assign_in_order(&mut self, now: Millis, node_id: &str, order: &[JobId]) -> Option<Assignment> {
+        let mut pick = None;
+        for jid in order {
+            self.examined += 1;
+            let may = self.jobs[jid].may_run_on(node_id, &self.nodes[node_id]);
+            if let Some(t) = may.then(|| self.ready_task(*jid)).flatten() {
+                pick = Some(t);
+                break;
+            }
+        }
+        let t = pick?;
+        self.set_task(
+            t,
+            TaskState::Running {
+                node: node_id.to_owned(),
+                since: now,
+            },
+        );
+        let rec = &mut self.jobs.get_mut(&t.job)?.steps[t.step].tasks[t.task];
+        rec.leases += 1;
+        let (serial, attempt) = (rec.leases, rec.failures + 1);
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            n.running = Some(t);
+        }
+        Some(Assignment {
+            node: node_id.to_owned(),
+            lease: Lease { task: t, serial },
+            attempt,
+        })
+    }
+
+    /// Whether `node` holds `lease` now.
+    pub fn holds(&self, node: &str, lease: Lease) -> bool {
+        self.nodes.get(node).and_then(|n| n.running) == Some(lease.task)
+            && self.task(lease.task).map(|r| r.leases) == Some(lease.serial)
+    }
+
+    /// A node reports the end of the task it holds the lease of: `Ok` when done, `Err` with
+    /// the failure. A report for a lease the node does not hold is refused (and its output
+    /// must be discarded).
     pub fn finished(
         &mut self,
         now: Millis,
         node_id: &str,
-        t: TaskRef,
+        lease: Lease,
         outcome: Result<(), String>,
     ) -> Result<(), FarmError> {
-        let running_here = self.nodes.get(node_id).and_then(|n| n.running) == Some(t);
-        if !running_here {
-            return Err(FarmError::NotRunning(t, node_id.to_owned()));
+        let t = lease.task;
+        if !self.holds(node_id, lease) {
+            return Err(FarmError::NotHeld(lease, node_id.to_owned()));
         }
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.running = None;
             n.last_seen = now;
         }
-        let canceled = self.jobs.get(&t.job).is_some_and(|j| j.canceled);
         let job = self.jobs.get_mut(&t.job).ok_or(FarmError::NoJob(t.job))?;
-        let task = &mut job.steps[t.step].tasks[t.task];
-        match outcome {
-            Ok(()) => task.state = TaskState::Done,
-            Err(_) if canceled => task.state = TaskState::Canceled,
+        let canceled = job.meta.canceled;
+        let state = match outcome {
+            Ok(()) => TaskState::Done,
+            Err(_) if canceled => TaskState::Canceled,
             Err(e) => {
-                task.state = if task.attempts >= MAX_ATTEMPTS {
+                *job.meta.failures.entry(node_id.to_owned()).or_insert(0) += 1;
+                self.changes.jobs.insert(t.job);
+                let rec = &mut job.steps[t.step].tasks[t.task];
+                rec.failures += 1;
+                if rec.failures >= MAX_ATTEMPTS {
                     TaskState::Failed(e)
                 } else {
                     TaskState::Waiting
-                };
-                *job.failures.entry(node_id.to_owned()).or_insert(0) += 1;
+                }
             }
-        }
+        };
+        self.set_task(t, state);
         Ok(())
     }
 
-    fn job_mut(&mut self, id: JobId) -> Result<&mut Job, FarmError> {
-        self.jobs.get_mut(&id).ok_or(FarmError::NoJob(id))
+    fn job_mut(&mut self, id: JobId) -> Result<&mut JobMeta, FarmError> {
+        self.changes.jobs.insert(id);
+        self.jobs
+            .get_mut(&id)
+            .map(|j| &mut j.meta)
+            .ok_or(FarmError::NoJob(id))
     }
 
     /// Holds a job: running tasks finish, no new ones start.
@@ -412,85 +738,103 @@ impl Farm {
         Ok(())
     }
 
-    /// Cancels a job: waiting tasks are canceled; returns the running ones to stop.
+    /// Cancels a job: waiting tasks are canceled; returns the running ones, whose nodes are
+    /// told to stop them at their next heartbeat.
     pub fn cancel(&mut self, id: JobId) -> Result<Vec<Assignment>, FarmError> {
-        let job = self.job_mut(id)?;
-        job.canceled = true;
+        self.job_mut(id)?.canceled = true;
+        let job = &self.jobs[&id];
         let mut running = Vec::new();
-        for (si, s) in job.steps.iter_mut().enumerate() {
-            for (ti, t) in s.tasks.iter_mut().enumerate() {
-                match &t.state {
-                    TaskState::Waiting => t.state = TaskState::Canceled,
-                    TaskState::Running { node, .. } => running.push(Assignment {
-                        node: node.clone(),
-                        task: TaskRef {
-                            job: id,
-                            step: si,
-                            task: ti,
-                        },
-                        attempt: t.attempts,
-                    }),
-                    _ => {}
+        let mut waiting = Vec::new();
+        for (si, s) in job.steps.iter().enumerate() {
+            let t = |ti| TaskRef {
+                job: id,
+                step: si,
+                task: ti,
+            };
+            waiting.extend(s.waiting.iter().map(|ti| t(*ti)));
+            if s.counts.running > 0 {
+                for (ti, rec) in s.tasks.iter().enumerate() {
+                    if let TaskState::Running { node, .. } = &rec.state {
+                        running.push(Assignment {
+                            node: node.clone(),
+                            lease: Lease {
+                                task: t(ti),
+                                serial: rec.leases,
+                            },
+                            attempt: rec.failures + 1,
+                        });
+                    }
                 }
             }
+        }
+        for t in waiting {
+            self.set_task(t, TaskState::Canceled);
         }
         Ok(running)
     }
 
-    /// Runs failed (or, with `all`, also done and canceled) tasks again, with fresh attempts
-    /// and blocklist.
+    /// Runs failed and canceled (or, with `all`, also done) tasks again, with fresh attempts
+    /// and blocklist. Returns how many.
     pub fn retry(&mut self, id: JobId, all: bool) -> Result<usize, FarmError> {
-        let job = self.job_mut(id)?;
-        job.canceled = false;
-        job.failures.clear();
-        let mut n = 0;
-        for t in job.steps.iter_mut().flat_map(|s| s.tasks.iter_mut()) {
-            let again = match t.state {
-                TaskState::Failed(_) | TaskState::Canceled => true,
-                TaskState::Done => all,
-                _ => false,
-            };
-            if again {
-                t.state = TaskState::Waiting;
-                t.attempts = 0;
-                n += 1;
+        let meta = self.job_mut(id)?;
+        meta.canceled = false;
+        meta.failures.clear();
+        let job = &self.jobs[&id];
+        let again: Vec<TaskRef> = job
+            .steps
+            .iter()
+            .enumerate()
+            .flat_map(|(si, s)| {
+                s.tasks.iter().enumerate().filter_map(move |(ti, t)| {
+                    let again = match t.state {
+                        TaskState::Failed(_) | TaskState::Canceled => true,
+                        TaskState::Done => all,
+                        _ => false,
+                    };
+                    again.then_some(TaskRef {
+                        job: id,
+                        step: si,
+                        task: ti,
+                    })
+                })
+            })
+            .collect();
+        for t in &again {
+            self.set_task(*t, TaskState::Waiting);
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.steps[t.step].tasks[t.task].failures = 0;
             }
         }
-        Ok(n)
+        Ok(again.len())
     }
 
     /// A job's counts.
     pub fn progress(&self, id: JobId) -> Result<Progress, FarmError> {
-        let job = self.jobs.get(&id).ok_or(FarmError::NoJob(id))?;
-        let mut p = Progress::default();
-        for t in job.steps.iter().flat_map(|s| &s.tasks) {
-            p.total += 1;
-            match t.state {
-                TaskState::Waiting => p.waiting += 1,
-                TaskState::Running { .. } => p.running += 1,
-                TaskState::Done => p.done += 1,
-                TaskState::Failed(_) => p.failed += 1,
-                TaskState::Canceled => p.canceled += 1,
-            }
-        }
-        Ok(p)
+        Ok(self.jobs.get(&id).ok_or(FarmError::NoJob(id))?.progress())
+    }
+
+    /// A step's counts.
+    pub fn step_progress(&self, id: JobId, step: usize) -> Option<Progress> {
+        Some(self.jobs.get(&id)?.steps.get(step)?.counts)
     }
 
     /// A job's state.
     pub fn state(&self, id: JobId) -> Result<JobState, FarmError> {
         let job = self.jobs.get(&id).ok_or(FarmError::NoJob(id))?;
-        let p = self.progress(id)?;
+        let p = job.progress();
         // Failed once nothing runs and nothing left can: what waits depends on failed tasks.
-        let stuck = job.steps.iter().enumerate().all(|(si, s)| {
-            !s.tasks.iter().any(|t| t.state == TaskState::Waiting) || Self::doomed(job, si)
-        });
-        Ok(if job.canceled && p.running == 0 {
+        let stuck = job
+            .steps
+            .iter()
+            .enumerate()
+            .all(|(si, s)| s.counts.waiting == 0 || job.doomed(si));
+        Ok(if job.meta.canceled && p.running == 0 {
             JobState::Canceled
         } else if p.running == 0 && p.failed > 0 && stuck {
             JobState::Failed
         } else if p.done == p.total {
             JobState::Done
-        } else if job.paused {
+        } else if job.meta.paused {
             JobState::Paused
         } else {
             JobState::Active
@@ -499,51 +843,44 @@ impl Farm {
 
     /// A task's state.
     pub fn task_state(&self, t: TaskRef) -> Option<&TaskState> {
-        Some(
-            &self
-                .jobs
-                .get(&t.job)?
-                .steps
-                .get(t.step)?
-                .tasks
-                .get(t.task)?
-                .state,
-        )
+        self.task(t).map(|r| &r.state)
     }
 
     /// Why a job's waiting tasks wait, one reason per line (empty when nothing waits).
     pub fn why(&self, id: JobId) -> Result<Vec<String>, FarmError> {
         let job = self.jobs.get(&id).ok_or(FarmError::NoJob(id))?;
         let mut why = Vec::new();
-        let waiting = |s: &Step| s.tasks.iter().any(|t| t.state == TaskState::Waiting);
-        if !job.steps.iter().any(waiting) {
+        if job.progress().waiting == 0 {
             return Ok(why);
         }
-        if job.canceled {
+        if job.meta.canceled {
             why.push("the job was canceled".into());
         }
-        if job.paused {
+        if job.meta.paused {
             why.push("the job is paused (render resume)".into());
         }
-        for s in job.steps.iter().filter(|s| waiting(s)) {
-            let pending: Vec<&str> = s
+        for (si, s) in job.steps.iter().enumerate() {
+            if s.counts.waiting == 0 {
+                continue;
+            }
+            let meta = &job.meta.steps[si];
+            let pending: Vec<&str> = meta
                 .depends_on
                 .iter()
-                .filter(|d| !Self::step_done(job, **d))
-                .map(|d| job.steps[*d].name.as_str())
+                .filter(|d| !job.steps[**d].done())
+                .map(|d| job.meta.steps[*d].name.as_str())
                 .collect();
             if !pending.is_empty() {
-                let si = job.steps.iter().position(|x| x.name == s.name).unwrap_or(0);
-                why.push(if Self::doomed(job, si) {
+                why.push(if job.doomed(si) {
                     format!(
                         "step '{}' waits for step(s) {}, which have failed tasks (render retry --failed)",
-                        s.name,
+                        meta.name,
                         pending.join(", ")
                     )
                 } else {
                     format!(
                         "step '{}' waits for step(s) {} to finish",
-                        s.name,
+                        meta.name,
                         pending.join(", ")
                     )
                 });
@@ -552,18 +889,18 @@ impl Farm {
         let tagged: Vec<&String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| job.tags.is_subset(&n.tags))
+            .filter(|(_, n)| job.meta.tags.is_subset(&n.tags))
             .map(|(id, _)| id)
             .collect();
         if self.nodes.is_empty() {
             why.push("no render node is connected".into());
         } else if tagged.is_empty() {
-            let tags: Vec<&str> = job.tags.iter().map(String::as_str).collect();
+            let tags: Vec<&str> = job.meta.tags.iter().map(String::as_str).collect();
             why.push(format!("no node has the tags {}", tags.join(", ")));
         } else {
             let allowed: Vec<&&String> = tagged
                 .iter()
-                .filter(|id| job.failures.get(**id).copied().unwrap_or(0) < BLOCKLIST_AFTER)
+                .filter(|id| job.meta.failures.get(**id).copied().unwrap_or(0) < BLOCKLIST_AFTER)
                 .collect();
             if allowed.is_empty() {
                 why.push(format!(
@@ -580,9 +917,24 @@ impl Farm {
         Ok(why)
     }
 
+    /// The nodes blocklisted for a job.
+    pub fn blocklisted(&self, id: JobId) -> Vec<String> {
+        self.jobs
+            .get(&id)
+            .map(|j| {
+                j.meta
+                    .failures
+                    .iter()
+                    .filter(|(_, n)| **n >= BLOCKLIST_AFTER)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The job's name.
     pub fn name(&self, id: JobId) -> Option<&str> {
-        self.jobs.get(&id).map(|j| j.name.as_str())
+        self.jobs.get(&id).map(|j| j.meta.name.as_str())
     }
 }
 
@@ -608,24 +960,28 @@ mod tests {
         }
     }
 
+    fn seen(f: &mut Farm, now: Millis, node: &str) {
+        f.node_seen(now, node, tags(&[]), None);
+    }
+
     #[test]
     fn steps_run_after_their_dependencies() {
         let mut f = Farm::new();
         let j = f.submit(0, job("a", 50, &[], 2)).unwrap();
-        f.node_seen(0, "n1", tags(&[]));
-        f.node_seen(0, "n2", tags(&[]));
-        f.node_seen(0, "n3", tags(&[]));
+        for n in ["n1", "n2", "n3"] {
+            seen(&mut f, 0, n);
+        }
         let a = f.assign(1);
         assert_eq!(a.len(), 2, "two render tasks; assembly waits");
-        assert!(a.iter().all(|x| x.task.step == 0));
+        assert!(a.iter().all(|x| x.lease.task.step == 0));
         assert!(f.why(j).unwrap()[0].contains("waits for step(s) Render"));
-        f.finished(2, &a[0].node, a[0].task, Ok(())).unwrap();
+        f.finished(2, &a[0].node, a[0].lease, Ok(())).unwrap();
         assert!(f.assign(3).is_empty(), "one render task still runs");
-        f.finished(4, &a[1].node, a[1].task, Ok(())).unwrap();
+        f.finished(4, &a[1].node, a[1].lease, Ok(())).unwrap();
         let b = f.assign(5);
         assert_eq!(b.len(), 1);
-        assert_eq!(b[0].task.step, 1);
-        f.finished(6, &b[0].node, b[0].task, Ok(())).unwrap();
+        assert_eq!(b[0].lease.task.step, 1);
+        f.finished(6, &b[0].node, b[0].lease, Ok(())).unwrap();
         assert_eq!(f.state(j).unwrap(), JobState::Done);
         assert_eq!(f.progress(j).unwrap().done, 3);
     }
@@ -637,10 +993,10 @@ mod tests {
         let old = f.submit(1, job("old", 60, &[], 1)).unwrap();
         let new = f.submit(2, job("new", 60, &[], 1)).unwrap();
         let gpu = f.submit(3, job("gpu", 90, &["gpu"], 1)).unwrap();
-        f.node_seen(0, "cpu", tags(&["linux"]));
+        f.node_seen(0, "cpu", tags(&["linux"]), None);
         let a = f.assign(5);
         assert_eq!(
-            a[0].task.job, old,
+            a[0].lease.task.job, old,
             "the gpu job cannot run here; the older of two 60s first"
         );
         assert!(f
@@ -650,35 +1006,41 @@ mod tests {
             .any(|w| w.contains("no node has the tags gpu")));
         assert!(f.why(new).unwrap().iter().any(|w| w.contains("busy")));
         assert!(f.why(low).unwrap().iter().any(|w| w.contains("busy")));
-        f.node_seen(5, "big", tags(&["gpu", "linux"]));
+        f.node_seen(5, "big", tags(&["gpu", "linux"]), None);
         let b = f.assign(6);
-        assert_eq!(b[0].task.job, gpu);
+        assert_eq!(b[0].lease.task.job, gpu);
     }
 
     #[test]
     fn failures_retry_then_fail_and_blocklist_the_node() {
         let mut f = Farm::new();
-        let j = f.submit(0, job("j", 50, &[], 1)).unwrap();
-        f.node_seen(0, "bad", tags(&[]));
-        let a = f.assign(1);
-        f.finished(2, "bad", a[0].task, Err("Unable to open scene".into()))
-            .unwrap();
-        let a = f.assign(3);
-        assert_eq!(a[0].attempt, 2);
-        f.finished(4, "bad", a[0].task, Err("Unable to open scene".into()))
-            .unwrap();
-        // Two failures here: this node gets no more of this job.
-        assert!(f.assign(5).is_empty());
-        assert!(f.why(j).unwrap().iter().any(|w| w.contains("blocklisted")));
-        f.node_seen(5, "good", tags(&[]));
-        let a = f.assign(6);
-        assert_eq!((a[0].node.as_str(), a[0].attempt), ("good", 3));
-        f.finished(7, "good", a[0].task, Err("CUDA error".into()))
-            .unwrap();
+        let j = f.submit(0, job("j", 50, &[], 2)).unwrap();
+        seen(&mut f, 0, "bad");
+        // The first task fails three times on one node: it fails for good, and the node
+        // (3 failures of this job) gets no more of it.
+        for (i, want_attempt) in [(0, 1), (1, 2), (2, 3)] {
+            let a = f.assign(1 + i);
+            assert_eq!(a.len(), 1);
+            assert_eq!(a[0].lease.task.task, 0);
+            assert_eq!(a[0].attempt, want_attempt, "{a:?}");
+            f.finished(2 + i, "bad", a[0].lease, Err("CUDA error".into()))
+                .unwrap();
+        }
         assert_eq!(
-            f.task_state(a[0].task),
+            f.task_state(TaskRef {
+                job: j,
+                step: 0,
+                task: 0
+            }),
             Some(&TaskState::Failed("CUDA error".into()))
         );
+        assert!(f.assign(5).is_empty());
+        assert_eq!(f.blocklisted(j), ["bad"]);
+        assert!(f.why(j).unwrap().iter().any(|w| w.contains("blocklisted")));
+        seen(&mut f, 5, "good");
+        let a = f.assign(6);
+        assert_eq!((a[0].node.as_str(), a[0].attempt), ("good", 1));
+        f.finished(7, "good", a[0].lease, Ok(())).unwrap();
         // The assembly can never run: the job failed, and says why.
         assert_eq!(f.state(j).unwrap(), JobState::Failed);
         assert!(f
@@ -690,41 +1052,71 @@ mod tests {
         // Retry of the failed tasks: fresh attempts, blocklist cleared.
         assert_eq!(f.retry(j, false).unwrap(), 1);
         let a = f.assign(8);
-        assert_eq!(a.len(), 1, "one of the two free nodes takes it");
+        assert_eq!(a.len(), 1, "both nodes may run it again; one takes it");
         assert_eq!(a[0].attempt, 1);
+        assert!(f.blocklisted(j).is_empty());
     }
 
     #[test]
     fn lost_nodes_give_their_task_back_without_an_attempt() {
         let mut f = Farm::new();
         let j = f.submit(0, job("j", 50, &[], 1)).unwrap();
-        f.node_seen(0, "n1", tags(&[]));
+        seen(&mut f, 0, "n1");
         let a = f.assign(1);
         assert_eq!(f.tick(NODE_TIMEOUT - 1), Vec::<String>::new());
         assert_eq!(f.tick(NODE_TIMEOUT), vec!["n1".to_string()]);
-        assert_eq!(f.task_state(a[0].task), Some(&TaskState::Waiting));
+        assert_eq!(f.task_state(a[0].lease.task), Some(&TaskState::Waiting));
         assert!(f
             .why(j)
             .unwrap()
             .iter()
             .any(|w| w.contains("no render node")));
-        // A late report from the lost node is refused.
+        // A late report from the lost node is refused ...
         assert!(matches!(
-            f.finished(NODE_TIMEOUT + 1, "n1", a[0].task, Ok(())),
-            Err(FarmError::NotRunning(..))
+            f.finished(NODE_TIMEOUT + 1, "n1", a[0].lease, Ok(())),
+            Err(FarmError::NotHeld(..))
         ));
-        f.node_seen(NODE_TIMEOUT + 2, "n2", tags(&[]));
-        assert_eq!(f.assign(NODE_TIMEOUT + 3)[0].attempt, 1);
+        // ... and when it comes back still running it, it is told to stop.
+        assert_eq!(
+            f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), Some(a[0].lease)),
+            Some(a[0].lease)
+        );
+        seen(&mut f, NODE_TIMEOUT + 2, "n2");
+        let b = f.assign(NODE_TIMEOUT + 3);
+        assert_eq!(b[0].attempt, 1, "a lost node is not a failure");
+        assert_eq!(b[0].lease.serial, 2, "but a new lease");
+    }
+
+    #[test]
+    fn a_report_for_an_earlier_attempt_is_refused() {
+        let mut f = Farm::new();
+        f.submit(0, job("j", 50, &[], 1)).unwrap();
+        seen(&mut f, 0, "n1");
+        let first = f.assign(1)[0].lease;
+        // The node restarts and says it runs nothing: the task waits again, and goes back
+        // to the same node as a new attempt.
+        assert_eq!(f.node_seen(2, "n1", tags(&[]), None), None);
+        let second = f.assign(3)[0].lease;
+        assert_eq!(second.task, first.task);
+        assert!(matches!(
+            f.finished(4, "n1", first, Ok(())),
+            Err(FarmError::NotHeld(..))
+        ));
+        f.finished(5, "n1", second, Ok(())).unwrap();
+        assert!(
+            f.finished(6, "n1", second, Ok(())).is_err(),
+            "a task completes once"
+        );
     }
 
     #[test]
     fn pause_resume_cancel() {
         let mut f = Farm::new();
         let j = f.submit(0, job("j", 50, &[], 3)).unwrap();
-        f.node_seen(0, "n1", tags(&[]));
+        seen(&mut f, 0, "n1");
         let a = f.assign(1);
         f.pause(j).unwrap();
-        f.finished(2, "n1", a[0].task, Ok(())).unwrap();
+        f.finished(2, "n1", a[0].lease, Ok(())).unwrap();
         assert!(f.assign(3).is_empty());
         assert_eq!(f.state(j).unwrap(), JobState::Paused);
         assert!(f.why(j).unwrap().iter().any(|w| w.contains("paused")));
@@ -733,7 +1125,12 @@ mod tests {
         assert_eq!(a.len(), 1);
         let running = f.cancel(j).unwrap();
         assert_eq!(running, a, "the running task is returned to be stopped");
-        f.finished(5, "n1", a[0].task, Err("killed".into()))
+        // The node's next heartbeat is told to stop it.
+        assert_eq!(
+            f.node_seen(5, "n1", tags(&[]), Some(a[0].lease)),
+            Some(a[0].lease)
+        );
+        f.finished(5, "n1", a[0].lease, Err("killed".into()))
             .unwrap();
         assert_eq!(f.state(j).unwrap(), JobState::Canceled);
         let p = f.progress(j).unwrap();
@@ -744,6 +1141,7 @@ mod tests {
             3,
             "canceled tasks run again on retry"
         );
+        assert_eq!(f.retry(j, true).unwrap(), 1, "with --all the done one too");
     }
 
     #[test]
@@ -759,6 +1157,108 @@ mod tests {
             f.submit(0, job("j", 101, &[], 1)),
             Err(FarmError::BadPriority(101))
         ));
+        let mut empty = job("j", 50, &[], 0);
+        empty.steps.truncate(1);
+        assert!(matches!(f.submit(0, empty), Err(FarmError::Empty)));
         assert!(matches!(f.pause(9), Err(FarmError::NoJob(9))));
+    }
+
+    /// Rebuilds a farm from what `take_changes` named, as the store would.
+    fn persist(f: &mut Farm, rows: &mut BTreeMap<JobId, (JobMeta, Vec<Vec<TaskRecord>>)>) {
+        let c = f.take_changes();
+        for j in c.jobs {
+            let meta = f.job_meta(j).unwrap().clone();
+            let e = rows.entry(j).or_insert_with(|| {
+                let tasks = meta
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        vec![TaskRecord::default(); s.tasks]
+                    })
+                    .collect();
+                (meta.clone(), tasks)
+            });
+            e.0 = meta;
+        }
+        for t in c.tasks {
+            rows.get_mut(&t.job).unwrap().1[t.step][t.task] = f.task(t).unwrap().clone();
+        }
+    }
+
+    #[test]
+    fn a_restored_farm_goes_on_where_the_changes_left_it() {
+        let mut f = Farm::new();
+        let mut rows = BTreeMap::new();
+        let j = f.submit(0, job("j", 50, &[], 3)).unwrap();
+        seen(&mut f, 0, "n1");
+        seen(&mut f, 0, "n2");
+        let a = f.assign(1);
+        f.finished(2, "n1", a[0].lease, Ok(())).unwrap();
+        f.pause(j).unwrap();
+        persist(&mut f, &mut rows);
+        assert!(f.take_changes().is_empty());
+
+        // The appliance restarts: n2 still runs its task and reports it within the lease.
+        let mut g = Farm::restore(
+            100,
+            rows.iter()
+                .map(|(id, (m, t))| (*id, m.clone(), t.clone())),
+        );
+        assert_eq!(g.progress(j).unwrap(), f.progress(j).unwrap());
+        assert_eq!(g.state(j).unwrap(), JobState::Paused);
+        assert_eq!(g.node_seen(101, "n2", tags(&[]), Some(a[1].lease)), None);
+        g.finished(102, "n2", a[1].lease, Ok(())).unwrap();
+        assert_eq!(g.progress(j).unwrap().done, 2);
+        g.resume(j).unwrap();
+        let b = g.assign(103);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].lease.task.task, 2);
+        // A new job after the restart gets a new id.
+        assert!(g.submit(104, job("k", 50, &[], 1)).unwrap() > j);
+
+        // A restart where the node never comes back: the lease expires.
+        let mut h = Farm::restore(
+            200,
+            rows.iter()
+                .map(|(id, (m, t))| (*id, m.clone(), t.clone())),
+        );
+        h.tick(200 + NODE_TIMEOUT);
+        assert_eq!(
+            h.task_state(a[1].lease.task),
+            Some(&TaskState::Waiting)
+        );
+    }
+
+    #[test]
+    fn scheduling_cost_per_task_does_not_grow_with_the_queue() {
+        let mut f = Farm::new();
+        let j = f
+            .submit(
+                0,
+                JobRequest {
+                    name: "noop".into(),
+                    priority: 50,
+                    tags: BTreeSet::new(),
+                    steps: vec![("Run".into(), vec![], 10_000)],
+                },
+            )
+            .unwrap();
+        // Other jobs' tasks in the queue too.
+        for i in 0..20 {
+            f.submit(1 + i, job("other", 10, &[], 100)).unwrap();
+        }
+        seen(&mut f, 0, "n1");
+        let mut cost = Vec::new();
+        for i in 0..10_000u64 {
+            let before = f.examined();
+            let a = f.assign(100 + i);
+            cost.push(f.examined() - before);
+            f.finished(100 + i, "n1", a[0].lease, Ok(())).unwrap();
+        }
+        assert_eq!(f.progress(j).unwrap().done, 10_000);
+        let first: u64 = cost[..100].iter().sum();
+        let last: u64 = cost[9_900..].iter().sum();
+        assert_eq!(first, last, "the same work for the first and the last tasks");
+        assert!(first <= 100 * 4, "a handful of steps per task: {first}");
     }
 }

@@ -5,7 +5,9 @@
 //! parameter groups frames into chunks) becomes its tasks; step dependencies are kept by name
 //! so the scheduler can hold a step until the ones it depends on are done.
 
+use openjd_expr::format_string::FormatStringOptions;
 use openjd_expr::path_mapping::PathFormat;
+use openjd_expr::symbol_table::SymbolTable;
 use openjd_expr::ExprValue;
 use openjd_model::template::parse::document_string_to_object;
 use openjd_model::template::JobTemplate;
@@ -30,6 +32,9 @@ pub enum TemplateError {
     /// The job could not be expanded into tasks.
     #[error("cannot expand the job: {0}")]
     Expand(String),
+    /// The template uses a part of Open Job Description this farm does not run.
+    #[error("not supported by this farm: {0}")]
+    Unsupported(String),
 }
 
 /// A parsed, validated template.
@@ -39,11 +44,14 @@ pub struct Template {
 }
 
 /// One task: the values of its step's task parameters (a chunk of frames is a range
-/// expression such as `1-5`).
+/// expression such as `1-5`) and the command line its `onRun` action resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     /// Parameter name and value, in the template's order.
     pub params: Vec<(String, String)>,
+    /// The command and its arguments, every format string resolved. Relative paths are
+    /// relative to the task's working directory (`Session.WorkingDirectory` is `.`).
+    pub argv: Vec<String>,
 }
 
 /// One step of a job with its tasks.
@@ -97,6 +105,13 @@ impl Template {
         values: &[(String, String)],
         dir: &str,
     ) -> Result<JobSpec, TemplateError> {
+        let known = self.parameter_names();
+        if let Some((k, _)) = values.iter().find(|(k, _)| !known.contains(k)) {
+            return Err(TemplateError::Parameters(format!(
+                "unknown parameter '{k}'; the template has {}",
+                known.join(", ")
+            )));
+        }
         let mut input = JobParameterInputValues::new();
         for (k, v) in values {
             input.insert(k.clone(), ExprValue::String(v.clone()));
@@ -120,19 +135,70 @@ impl Template {
             &self.inner.default_validation_context(),
         )
         .map_err(|e| TemplateError::Parameters(e.to_string()))?;
+        if job.job_environments.as_ref().is_some_and(|e| !e.is_empty()) {
+            return Err(TemplateError::Unsupported("job environments".into()));
+        }
         let mut steps = Vec::new();
         for step in &job.steps {
+            if step.step_environments.as_ref().is_some_and(|e| !e.is_empty()) {
+                return Err(TemplateError::Unsupported(format!(
+                    "step '{}': step environments",
+                    step.name
+                )));
+            }
+            if step.script.embedded_files.as_ref().is_some_and(|e| !e.is_empty()) {
+                return Err(TemplateError::Unsupported(format!(
+                    "step '{}': embedded files",
+                    step.name
+                )));
+            }
+            let mut base = match &step.resolved_symtab {
+                Some(t) => t.to_symtab(PathFormat::Posix).map_err(TemplateError::Expand)?,
+                None => SymbolTable::new(),
+            };
+            base.set_string("Session.WorkingDirectory", ".")
+                .map_err(|e| TemplateError::Expand(e.to_string()))?;
+            let resolve = |values: &[(String, ExprValue)]| -> Result<Vec<String>, TemplateError> {
+                let mut symtab = base.clone();
+                for (k, v) in values {
+                    for scope in ["Task.Param", "Task.RawParam"] {
+                        symtab
+                            .set(&format!("{scope}.{k}"), v.clone())
+                            .map_err(|e| TemplateError::Expand(e.to_string()))?;
+                    }
+                }
+                let opts = FormatStringOptions::default().with_path_format(PathFormat::Posix);
+                let action = &step.script.actions.on_run;
+                std::iter::once(&action.command)
+                    .chain(action.args.iter().flatten())
+                    .map(|f| {
+                        f.resolve_string_with(&symtab, &opts).map_err(|e| {
+                            TemplateError::Expand(format!("step '{}': {e}", step.name))
+                        })
+                    })
+                    .collect()
+            };
             let tasks = match &step.parameter_space {
-                None => vec![TaskSpec { params: Vec::new() }],
+                None => vec![TaskSpec {
+                    params: Vec::new(),
+                    argv: resolve(&[])?,
+                }],
                 Some(space) => StepParameterSpaceIterator::new(space)
                     .map_err(|e| TemplateError::Expand(e.to_string()))?
-                    .map(|set| TaskSpec {
-                        params: set
+                    .map(|set| {
+                        let values: Vec<(String, ExprValue)> = set
                             .iter()
-                            .map(|(k, v)| (k.clone(), v.value.to_display_string()))
-                            .collect(),
+                            .map(|(k, v)| (k.clone(), v.value.clone()))
+                            .collect();
+                        Ok(TaskSpec {
+                            params: values
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.to_display_string()))
+                                .collect(),
+                            argv: resolve(&values)?,
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, TemplateError>>()?,
             };
             steps.push(StepSpec {
                 name: step.name.clone(),
@@ -218,6 +284,7 @@ steps:
         // At most 5 frames a task, spread evenly (OpenJD's contiguous chunking): 3 tasks.
         assert_eq!(frames, ["1-4", "5-8", "9-12"]);
         assert_eq!(render.tasks[0].params[0].0, "Frame");
+        assert_eq!(render.tasks[1].argv, ["echo", "5-8"]);
         let assemble = &job.steps[1];
         assert_eq!(assemble.depends_on, ["Render"]);
         assert_eq!(assemble.tasks.len(), 1);

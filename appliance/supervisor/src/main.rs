@@ -12,6 +12,8 @@ mod discovery;
 mod identity;
 mod limits;
 mod quic;
+mod render;
+mod render_cli;
 mod serve;
 mod store;
 mod streaming;
@@ -56,6 +58,9 @@ enum Command {
     /// Manage workstations.
     #[command(subcommand)]
     Ws(WsCommand),
+    /// Render jobs and nodes.
+    #[command(subcommand)]
+    Render(render_cli::RenderCommand),
     /// Show the audit log.
     Audit {
         /// Show at most this many entries.
@@ -313,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(c) => user(&state_dir, c).await,
         Command::Device(c) => device(&state_dir, c).await,
         Command::Ws(c) => ws(&state_dir, c).await,
+        Command::Render(c) => render_cli::render(&state_dir, c).await,
         Command::Audit { limit } => {
             let mut c = AdminClient::connect(&state_dir).await?;
             let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {

@@ -58,6 +58,7 @@ async fn handle(app: Arc<Appliance>, incoming: quinn::Incoming) {
     let caller = app.identify(remote, peer_fingerprint(&conn)).await;
     let device = match &caller {
         Caller::Device { device, .. } => format!("{}@{}", device.user, device.id),
+        Caller::Node { id, .. } => format!("node {id}"),
         _ => "unpaired".to_owned(),
     };
     let span = tracing::info_span!("conn", %remote, %device);

@@ -72,7 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let first_boot_code = first_boot_admin(&app).await?;
     let app = Arc::new(app);
-    // Offers lapse on time, also with nobody asking.
+    // Offers and render leases lapse on time, also with nobody asking.
     {
         let app = app.clone();
         tokio::spawn(async move {
@@ -82,6 +82,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 if let Err(e) = app.expire_offers().await {
                     tracing::warn!(error = %e, "expiring offers failed");
                 }
+                // Render leases of silent nodes expire on time too.
+                let render = app.render.clone();
+                let _ = tokio::task::spawn_blocking(move || render.tick()).await;
             }
         });
     }

@@ -8,6 +8,8 @@
 //! - `workstations`: id -> [`WorkstationRecord`] (since schema 3)
 //! - `sessions`: workstation id -> [`periphery_session::Session`] (since schema 4; a workstation
 //!   without one has a fresh session of its owner)
+//! - `render_jobs`, `render_tasks`: the render farm's jobs and tasks (since schema 5; see
+//!   [`render`])
 //!
 //! Records are postcard-encoded, which is not self-describing: a change to a record is a new
 //! schema version with a migration in [`migrate`] and a test that opens a file of the old
@@ -24,7 +26,10 @@ use periphery_protocol::Role;
 use periphery_session::Session;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
+
+pub mod render;
+pub use render::{JobRow, TaskRow};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -334,7 +339,9 @@ impl Store {
     pub fn add_device(&self, d: &DeviceRecord, audit: &AuditRecord) -> Result<(), LookupError> {
         self.write(Some(audit), |tx| {
             let owner = tx.open_table(USERS).map_err(db)?;
-            if owner.get(d.user.as_str()).map_err(db)?.is_none() {
+            // Render nodes (`n-` ids) belong to no user.
+            let node = d.id.starts_with("n-") && d.user.is_empty();
+            if !node && owner.get(d.user.as_str()).map_err(db)?.is_none() {
                 return Ok(Err(LookupError::NotFound(format!("user '{}'", d.user))));
             }
             tx.open_table(DEVICES)
@@ -634,6 +641,8 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
             tx.open_table(AUDIT).map_err(db)?;
             tx.open_table(WORKSTATIONS).map_err(db)?;
             tx.open_table(SESSIONS).map_err(db)?;
+            tx.open_table(render::RENDER_JOBS).map_err(db)?;
+            tx.open_table(render::RENDER_TASKS).map_err(db)?;
             SCHEMA_VERSION
         }
         // 1 -> 2: index devices by certificate fingerprint (the TLS handshake looks them up).
@@ -658,6 +667,12 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
         3 => {
             tx.open_table(SESSIONS).map_err(db)?;
             4
+        }
+        // 4 -> 5: render jobs and tasks.
+        4 => {
+            tx.open_table(render::RENDER_JOBS).map_err(db)?;
+            tx.open_table(render::RENDER_TASKS).map_err(db)?;
+            5
         }
         _ => unreachable!("migrate called past SCHEMA_VERSION"),
     })
@@ -884,8 +899,9 @@ mod tests {
             tx.commit().unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 4);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert!(s.sessions().unwrap().is_empty());
+        assert!(s.render_jobs().unwrap().is_empty(), "4 -> 5 adds the render tables");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! control stream remembers between requests (the pairing exchange in progress).
 //!
 //! The handlers live by concern: users, devices and status here; [`pairing`] (codes,
-//! passwords, attempt limits, enrolment); [`desktops`] (workstations and their streams).
+//! passwords, attempt limits, enrolment); [`desktops`] (workstations and their streams);
+//! `sessions` (handoffs and shares); `render` (render jobs, nodes and their join tokens,
+//! files by content).
 
 mod desktops;
 mod pairing;
+mod render;
 mod sessions;
 
 use pairing::PendingPake;
@@ -57,6 +60,13 @@ pub enum Caller {
         /// Its user's role.
         role: Role,
     },
+    /// A render node, by its certificate.
+    Node {
+        /// Its id (`n-…`).
+        id: String,
+        /// Its name.
+        name: String,
+    },
     /// A QUIC connection without a device certificate.
     Unpaired {
         /// Its address.
@@ -81,6 +91,7 @@ impl Caller {
         match self {
             Caller::LocalAdmin { uid } => format!("local-admin(uid {uid})"),
             Caller::Device { device, .. } => format!("{}@{}", device.user, device.id),
+            Caller::Node { id, .. } => format!("node {id}"),
             Caller::Unpaired { addr } => addr.ip().to_string(),
         }
     }
@@ -94,6 +105,10 @@ impl Caller {
                 device_name: device.name.clone(),
                 user: device.user.clone(),
                 role: *role,
+            }),
+            Caller::Node { id, name } => Some(Identity::Node {
+                node_id: id.clone(),
+                name: name.clone(),
             }),
             Caller::Unpaired { .. } => None,
         }
@@ -122,7 +137,18 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             ErrorCode::Unauthenticated,
             "this device is not paired; pair it first",
         )),
+        Caller::Node { .. } => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("a render node may not run '{}'", req.name()),
+        )),
         _ => Ok(()),
+    };
+    let node = || match caller {
+        Caller::Node { .. } => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("'{}' is for render nodes", req.name()),
+        )),
     };
     match req {
         Request::Status
@@ -162,10 +188,24 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::Unshare { .. }
         | Request::FloorTake { .. }
         | Request::SessionShow { .. }
-        | Request::History { .. } => paired(),
+        | Request::History { .. }
+        | Request::RenderSubmit(_)
+        | Request::RenderList
+        | Request::RenderShow { .. }
+        | Request::RenderControl { .. }
+        | Request::RenderNodes => paired(),
+        Request::RenderNodeToken => admin_only(),
+        Request::BlobPut { .. } | Request::BlobMissing { .. } | Request::BlobGet { .. } => {
+            match caller {
+                Caller::Node { .. } => Ok(()),
+                _ => paired(),
+            }
+        }
+        Request::NodeWork(_) | Request::NodeTaskDone(_) => node(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
-        | Request::PairPassword { .. } => match caller {
+        | Request::PairPassword { .. }
+        | Request::NodeJoin { .. } => match caller {
             Caller::Unpaired { .. } => Ok(()),
             _ => Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -234,6 +274,10 @@ pub struct Appliance {
     pub workstations: Arc<Workstations>,
     /// Live streams.
     pub streaming: Arc<Streaming>,
+    /// The render farm.
+    pub render: Arc<crate::render::RenderFarm>,
+    /// Join tokens for render nodes: secret and expiry.
+    node_tokens: Mutex<Vec<(String, Instant)>>,
 }
 
 /// Unix seconds now.
@@ -267,6 +311,12 @@ fn lookup_err(e: LookupError) -> ApiError {
         }
         LookupError::Store(e) => internal(e),
     }
+}
+
+/// Whether a device record is a render node's (nodes are enrolled like devices, with
+/// `n-` ids and no user, so the handshake's allow-list and revocation cover them too).
+pub fn is_node(device_id: &str) -> bool {
+    device_id.starts_with("n-")
 }
 
 /// Checks a user name: 1-32 of `a-z 0-9 . _ -`, starting with a letter.
@@ -317,7 +367,13 @@ impl Appliance {
             devices.set(&d.fingerprint, standing);
         }
         let keep_source_frames = config.keep_source_frames;
+        let render = Arc::new(crate::render::RenderFarm::open(
+            store.clone(),
+            &config.state_dir,
+        )?);
         Ok(Self {
+            render,
+            node_tokens: Mutex::new(Vec::new()),
             codes: Mutex::new(PendingCodes::new(config.code_ttl)),
             limiter: Mutex::new(AttemptLimiter::new(
                 config.max_failures,
@@ -356,12 +412,22 @@ impl Appliance {
                 let Some(d) = s.device_by_fingerprint(&fp)? else {
                     return Ok(None);
                 };
-                let role = s.user(&d.user)?.map(|u| u.role);
+                let role = if is_node(&d.id) {
+                    Some(Role::User)
+                } else {
+                    s.user(&d.user)?.map(|u| u.role)
+                };
                 let _ = s.touch_device(&d.id, unix_now());
                 Ok(role.map(|r| (d, r)))
             })
             .await;
         match found {
+            Ok(Some((device, _))) if device.revoked_at.is_none() && is_node(&device.id) => {
+                Caller::Node {
+                    id: device.id,
+                    name: device.name,
+                }
+            }
             Ok(Some((device, role))) if device.revoked_at.is_none() => {
                 Caller::Device { device, role }
             }
@@ -538,6 +604,18 @@ impl Appliance {
             | Request::FloorTake { .. }
             | Request::SessionShow { .. }
             | Request::History { .. }) => self.session_request(conv, req).await,
+            req @ (Request::BlobPut { .. }
+            | Request::BlobMissing { .. }
+            | Request::BlobGet { .. }
+            | Request::RenderSubmit(_)
+            | Request::RenderList
+            | Request::RenderShow { .. }
+            | Request::RenderControl { .. }
+            | Request::RenderNodes
+            | Request::RenderNodeToken
+            | Request::NodeJoin { .. }
+            | Request::NodeWork(_)
+            | Request::NodeTaskDone(_)) => self.render_request(conv, actor, req).await,
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))
@@ -634,6 +712,9 @@ impl Appliance {
             .await
             .map_err(lookup_err)?;
         self.devices.set(&d.fingerprint, DeviceStanding::Revoked);
+        if is_node(&id) {
+            self.render.node_gone(&id);
+        }
         tracing::info!(device = %id, user = %d.user, "device revoked");
         Ok(Response::Done)
     }
@@ -666,6 +747,7 @@ impl Appliance {
             .collect();
         Ok(devices
             .into_iter()
+            .filter(|d| !is_node(&d.id))
             .map(|d| DeviceInfo {
                 connected: live.contains(&d.id),
                 id: d.id,

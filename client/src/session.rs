@@ -131,17 +131,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
-    /// Connects to `addr` with `config`, opens the control stream and says hello.
+    /// Connects to `addr` with `config`, opens the control stream and says hello as a
+    /// tablet.
     pub async fn connect(
         addr: SocketAddr,
         config: quinn::ClientConfig,
     ) -> Result<Self, SessionError> {
+        Self::connect_as(
+            addr,
+            config,
+            concat!("periphery-tablet ", env!("CARGO_PKG_VERSION")),
+        )
+        .await
+    }
+
+    /// Connects to `addr` with `config`, opens the control stream and says hello as
+    /// `software` (name and version, for the appliance's logs).
+    pub async fn connect_as(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+        software: &str,
+    ) -> Result<Self, SessionError> {
         let (conn, endpoint) = connect(addr, config).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(SessionError::Connection)?;
-        let hello = ClientMessage::Hello(hello(concat!(
-            "periphery-tablet ",
-            env!("CARGO_PKG_VERSION")
-        )));
+        let hello = ClientMessage::Hello(hello(software));
         write(&conn, &mut send, &hello).await?;
         let mut dec = MessageDecoder::new(MAX_SERVER_FRAME);
         let welcome = match read(&conn, &mut recv, &mut dec).await? {

@@ -1,0 +1,168 @@
+//! Writing a video file from still frames: H.264 (libx264) in the container the file name
+//! asks for (`.mp4`, `.mkv`, `.mov` …), through FFmpeg's muxers. The render farm's assembly
+//! task uses it to turn rendered frames into a video.
+
+use std::path::Path;
+
+use ffmpeg_next as ff;
+use ff::codec;
+use ff::format::Pixel;
+use ff::util::frame::video::Video as VideoFrame;
+
+use crate::codec::CodecError;
+use crate::convert::{bgra_to_i420, default_threads, I420};
+
+/// An open video file being written.
+pub struct VideoWriter {
+    out: ff::format::context::Output,
+    enc: codec::encoder::video::Encoder,
+    frame: VideoFrame,
+    fps: i32,
+    next_pts: i64,
+    size: (u32, u32),
+    i420: I420,
+}
+
+impl std::fmt::Debug for VideoWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoWriter")
+            .field("size", &self.size)
+            .field("frames", &self.next_pts)
+            .finish()
+    }
+}
+
+impl VideoWriter {
+    /// Creates `path` for `width`x`height` frames (both even) at `fps`.
+    pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Self, CodecError> {
+        crate::codec::init()?;
+        if width % 2 != 0 || height % 2 != 0 || width == 0 || height == 0 {
+            return Err(CodecError::NoEncoder(format!(
+                "frames of {width}x{height}: H.264 in 4:2:0 needs even sizes"
+            )));
+        }
+        let fps = i32::try_from(fps.clamp(1, 1000)).unwrap_or(24);
+        let mut out = ff::format::output(path)?;
+        let global = out
+            .format()
+            .flags()
+            .contains(ff::format::Flags::GLOBAL_HEADER);
+        let x264 = ff::encoder::find_by_name("libx264")
+            .ok_or_else(|| CodecError::NoEncoder("libx264 is not in this FFmpeg build".into()))?;
+        let mut ctx = codec::context::Context::new_with_codec(x264)
+            .encoder()
+            .video()?;
+        ctx.set_width(width);
+        ctx.set_height(height);
+        ctx.set_format(Pixel::YUV420P);
+        ctx.set_time_base((1, fps));
+        ctx.set_frame_rate(Some((fps, 1)));
+        if global {
+            ctx.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let mut opts = ff::Dictionary::new();
+        opts.set("preset", "veryfast");
+        opts.set("crf", "18");
+        let enc = ctx.open_with(opts)?;
+        {
+            let mut stream = out.add_stream(x264)?;
+            stream.set_parameters(&enc);
+            stream.set_time_base((1, fps));
+        }
+        out.write_header()?;
+        Ok(Self {
+            out,
+            enc,
+            frame: VideoFrame::new(Pixel::YUV420P, width, height),
+            fps,
+            next_pts: 0,
+            size: (width, height),
+            i420: I420::new(width, height),
+        })
+    }
+
+    /// Appends one frame, BGRA rows of `width * 4` bytes.
+    pub fn push_bgra(&mut self, bgra: &[u8]) -> Result<(), CodecError> {
+        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
+        if bgra.len() != w * h * 4 {
+            return Err(CodecError::Size {
+                got: (bgra.len() as u32 / 4, 1),
+                want: self.size,
+            });
+        }
+        bgra_to_i420(bgra, w * 4, &mut self.i420, default_threads());
+        for (plane, src, pw, ph) in [
+            (0, &self.i420.y, w, h),
+            (1, &self.i420.u, w / 2, h / 2),
+            (2, &self.i420.v, w / 2, h / 2),
+        ] {
+            let stride = self.frame.stride(plane);
+            let dst = self.frame.data_mut(plane);
+            for row in 0..ph {
+                dst[row * stride..row * stride + pw]
+                    .copy_from_slice(&src[row * pw..(row + 1) * pw]);
+            }
+        }
+        self.frame.set_pts(Some(self.next_pts));
+        self.next_pts += 1;
+        self.enc.send_frame(&self.frame)?;
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), CodecError> {
+        let tb = self.out.stream(0).map(|s| s.time_base());
+        loop {
+            let mut p = ff::Packet::empty();
+            match self.enc.receive_packet(&mut p) {
+                Ok(()) => {
+                    p.set_stream(0);
+                    if let Some(tb) = tb {
+                        p.rescale_ts((1, self.fps), tb);
+                    }
+                    p.write_interleaved(&mut self.out)?;
+                }
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
+                Err(ff::Error::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the encoder and closes the file; returns the number of frames written.
+    pub fn finish(mut self) -> Result<u64, CodecError> {
+        self.enc.send_eof()?;
+        self.drain()?;
+        self.out.write_trailer()?;
+        Ok(self.next_pts as u64)
+    }
+}
+
+/// Counts the video frames of a file by decoding it.
+pub fn count_frames(path: &Path) -> Result<u64, CodecError> {
+    crate::codec::init()?;
+    let mut input = ff::format::input(path)?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .ok_or_else(|| CodecError::NoEncoder("no video stream".into()))?;
+    let index = stream.index();
+    let mut dec = codec::context::Context::from_parameters(stream.parameters())?
+        .decoder()
+        .video()?;
+    let mut n = 0;
+    let mut frame = VideoFrame::empty();
+    for (s, packet) in input.packets() {
+        if s.index() == index {
+            dec.send_packet(&packet)?;
+            while dec.receive_frame(&mut frame).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    dec.send_eof()?;
+    while dec.receive_frame(&mut frame).is_ok() {
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,735 @@
+//! The render farm inside the appliance: the sans-IO [`Farm`] driven with the appliance's
+//! clock, its decisions written to the store before anyone hears of them, files by content
+//! in [`blobs::Blobs`], and finished outputs placed in each job's output directory.
+//!
+//! Nodes pull: [`RenderFarm::node_work`] is a node's heartbeat and, when it is idle, holds the
+//! call until a task fits it (or `wait_ms` pass). Anything that can free work (a submit, a
+//! resume or retry, a finished task, a lost node) wakes the waiting nodes.
+//!
+//! Time is Unix milliseconds, so stored leases and submission times mean the same after a
+//! restart; [`RenderFarm::open`] rebuilds the farm from the store, and tasks that were running
+//! keep their lease for [`NODE_TIMEOUT`](periphery_render::farm::NODE_TIMEOUT) so their nodes
+//! can report them.
+
+pub mod blobs;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use periphery_protocol::render::{
+    valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, JobSummary, NodeCaps,
+    NodeWork, TaskAssignment, TaskCounts, TaskDone, TaskInfo, TemplateSource, WireLease,
+    WorkReply,
+};
+use periphery_protocol::{ApiError, ErrorCode};
+use periphery_render::builtin;
+use periphery_render::farm::{
+    Farm, FarmError, JobId, JobRequest, Lease, Millis, Progress, TaskRef, TaskState,
+};
+use periphery_render::template::Template;
+
+use crate::store::{AuditRecord, JobRow, Store, StoreError, TaskRow};
+use blobs::Blobs;
+
+/// Lines of a task's output kept.
+const LOG_TAIL: usize = 40;
+/// The longest a node's request for work is held.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Unix milliseconds now.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Default)]
+struct TaskExtra {
+    params: String,
+    argv: Vec<String>,
+    outputs: Vec<FileRef>,
+    node: Option<String>,
+    error: Option<String>,
+    log_tail: VecDeque<String>,
+    progress: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct JobExtra {
+    user: String,
+    submitted_at: u64,
+    inputs: Vec<FileRef>,
+    tasks: Vec<Vec<TaskExtra>>,
+}
+
+#[derive(Debug, Clone)]
+struct LiveNode {
+    name: String,
+    caps: NodeCaps,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    farm: Farm,
+    jobs: BTreeMap<JobId, JobExtra>,
+    nodes: HashMap<String, LiveNode>,
+    /// Tasks whose extra fields changed (the farm tracks its own).
+    dirty: BTreeSet<TaskRef>,
+    audit: Vec<AuditRecord>,
+}
+
+/// The appliance's render farm.
+#[derive(Debug)]
+pub struct RenderFarm {
+    inner: Mutex<Inner>,
+    store: Arc<Store>,
+    /// Files by content.
+    pub blobs: Blobs,
+    jobs_dir: PathBuf,
+    work: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, msg)
+}
+
+fn farm_err(e: FarmError) -> ApiError {
+    match e {
+        FarmError::NoJob(j) => ApiError::new(ErrorCode::NotFound, format!("no render job {j}")),
+        FarmError::NotHeld(..) => ApiError::new(ErrorCode::OutOfOrder, e.to_string()),
+        other => invalid(other.to_string()),
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "render farm: the store failed");
+    ApiError::new(ErrorCode::Internal, format!("internal error: {e}"))
+}
+
+fn wire(l: Lease) -> WireLease {
+    WireLease {
+        job: l.task.job,
+        step: l.task.step as u32,
+        task: l.task.task as u32,
+        serial: l.serial,
+    }
+}
+
+fn unwire(l: WireLease) -> Lease {
+    Lease {
+        task: TaskRef {
+            job: l.job,
+            step: l.step as usize,
+            task: l.task as usize,
+        },
+        serial: l.serial,
+    }
+}
+
+fn counts(p: Progress) -> TaskCounts {
+    let c = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    TaskCounts {
+        done: c(p.done),
+        running: c(p.running),
+        failed: c(p.failed),
+        waiting: c(p.waiting),
+        canceled: c(p.canceled),
+        total: c(p.total),
+    }
+}
+
+fn state_name(s: &TaskState) -> &'static str {
+    match s {
+        TaskState::Waiting => "waiting",
+        TaskState::Running { .. } => "running",
+        TaskState::Done => "done",
+        TaskState::Failed(_) => "failed",
+        TaskState::Canceled => "canceled",
+    }
+}
+
+impl RenderFarm {
+    /// The farm as the store left it; files under `state_dir/blobs`, outputs under
+    /// `state_dir/render/jobs/<id>`.
+    pub fn open(store: Arc<Store>, state_dir: &std::path::Path) -> Result<Self, StoreError> {
+        let stored = store.render_jobs()?;
+        let mut jobs = BTreeMap::new();
+        let mut rows = Vec::new();
+        for (id, row, tasks) in stored {
+            let extra = JobExtra {
+                user: row.user.clone(),
+                submitted_at: row.submitted_at,
+                inputs: row.inputs.clone(),
+                tasks: tasks
+                    .iter()
+                    .map(|step| {
+                        step.iter()
+                            .map(|t| TaskExtra {
+                                params: t.params.clone(),
+                                argv: t.argv.clone(),
+                                outputs: t.outputs.clone(),
+                                node: t.node.clone(),
+                                error: t.error.clone(),
+                                log_tail: t.log_tail.iter().cloned().collect(),
+                                progress: None,
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            };
+            jobs.insert(id, extra);
+            rows.push((
+                id,
+                row.meta,
+                tasks
+                    .into_iter()
+                    .map(|s| s.into_iter().map(|t| t.rec).collect())
+                    .collect(),
+            ));
+        }
+        let farm = Farm::restore(now_ms(), rows);
+        if !jobs.is_empty() {
+            tracing::info!(jobs = jobs.len(), "render farm restored");
+        }
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                farm,
+                jobs,
+                ..Default::default()
+            }),
+            store,
+            blobs: Blobs::new(state_dir.join("blobs")),
+            jobs_dir: state_dir.join("render").join("jobs"),
+            work: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Writes what changed in `inner` to the store (one transaction).
+    fn commit(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let changes = inner.farm.take_changes();
+        let mut job_rows = Vec::new();
+        for id in &changes.jobs {
+            if let (Some(meta), Some(x)) = (inner.farm.job_meta(*id), inner.jobs.get(id)) {
+                job_rows.push((
+                    *id,
+                    JobRow {
+                        meta: meta.clone(),
+                        user: x.user.clone(),
+                        submitted_at: x.submitted_at,
+                        inputs: x.inputs.clone(),
+                    },
+                ));
+            }
+        }
+        let mut dirty = std::mem::take(&mut inner.dirty);
+        dirty.extend(changes.tasks);
+        let mut task_rows = Vec::with_capacity(dirty.len());
+        for t in dirty {
+            let (Some(rec), Some(x)) = (
+                inner.farm.task(t),
+                inner
+                    .jobs
+                    .get(&t.job)
+                    .and_then(|j| j.tasks.get(t.step)?.get(t.task)),
+            ) else {
+                continue;
+            };
+            task_rows.push((
+                (t.job, t.step as u32, t.task as u32),
+                TaskRow {
+                    rec: rec.clone(),
+                    params: x.params.clone(),
+                    argv: x.argv.clone(),
+                    outputs: x.outputs.clone(),
+                    node: x.node.clone(),
+                    error: x.error.clone(),
+                    log_tail: x.log_tail.iter().cloned().collect(),
+                },
+            ));
+        }
+        let audit = std::mem::take(&mut inner.audit);
+        self.store.write_render(&job_rows, &task_rows, &audit)
+    }
+
+    /// Runs `f` on the farm and commits what it changed before returning its outcome.
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let mut inner = lock(&self.inner);
+        let out = f(&mut inner);
+        self.commit(&mut inner).map_err(store_err)?;
+        out
+    }
+
+    /// The owner of a job.
+    pub fn owner(&self, job: JobId) -> Option<String> {
+        lock(&self.inner).jobs.get(&job).map(|j| j.user.clone())
+    }
+
+    /// Queues a job for `user`.
+    pub fn submit(
+        &self,
+        user: &str,
+        actor: String,
+        sub: JobSubmission,
+    ) -> Result<JobDetail, ApiError> {
+        let (doc, builtin_name) = match &sub.template {
+            TemplateSource::Builtin(name) => (
+                builtin::by_name(name).ok_or_else(|| {
+                    invalid(format!(
+                        "no built-in template '{name}'; there are {}",
+                        builtin::NAMES.join(", ")
+                    ))
+                })?,
+                Some(name.as_str()),
+            ),
+            TemplateSource::Document(d) => (d.as_str(), None),
+        };
+        let template = Template::parse(doc).map_err(|e| invalid(e.to_string()))?;
+        let spec = template
+            .instantiate(&sub.params, "/")
+            .map_err(|e| invalid(e.to_string()))?;
+        if sub.priority > 100 {
+            return Err(invalid(format!("priority {} is outside 0..=100", sub.priority)));
+        }
+        let mut seen = BTreeSet::new();
+        for f in &sub.inputs {
+            if !valid_job_path(&f.path) {
+                return Err(invalid(format!("input path '{}' is not a relative path inside the job", f.path)));
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(invalid(format!("input '{}' is named twice", f.path)));
+            }
+            if self.blobs.size(&f.hash) != Some(f.size) {
+                return Err(invalid(format!(
+                    "input '{}' ({}) was not uploaded to the appliance",
+                    f.path, f.hash
+                )));
+            }
+        }
+        if builtin_name.is_some_and(|n| n.starts_with("blender")) {
+            let scene = sub
+                .params
+                .iter()
+                .find(|(k, _)| k == "Scene")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
+            if !sub.inputs.iter().any(|f| f.path == scene) {
+                return Err(invalid(format!(
+                    "the scene '{scene}' is not among the job's input files"
+                )));
+            }
+        }
+        let steps: Vec<(String, Vec<String>, usize)> = spec
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.depends_on.clone(), s.tasks.len()))
+            .collect();
+        let request = JobRequest {
+            name: spec.name.clone(),
+            priority: sub.priority,
+            tags: sub.tags.iter().cloned().collect(),
+            steps,
+        };
+        let id = self.with(|inner| {
+            let id = inner
+                .farm
+                .submit(now_ms(), request)
+                .map_err(farm_err)?;
+            inner.jobs.insert(
+                id,
+                JobExtra {
+                    user: user.to_owned(),
+                    submitted_at: now_ms() / 1000,
+                    inputs: sub.inputs.clone(),
+                    tasks: spec
+                        .steps
+                        .iter()
+                        .map(|s| {
+                            s.tasks
+                                .iter()
+                                .map(|t| TaskExtra {
+                                    params: t
+                                        .params
+                                        .iter()
+                                        .map(|(k, v)| format!("{k}={v}"))
+                                        .collect::<Vec<_>>()
+                                        .join(" "),
+                                    argv: t.argv.clone(),
+                                    ..Default::default()
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                },
+            );
+            let total: usize = spec.steps.iter().map(|s| s.tasks.len()).sum();
+            inner.audit.push(AuditRecord {
+                at: now_ms() / 1000,
+                actor: actor.clone(),
+                event: "render-submit".into(),
+                detail: format!("job {id} '{}' for {user}: {total} tasks", spec.name),
+            });
+            Ok(id)
+        })?;
+        tracing::info!(job = id, %user, name = %spec.name, "render job queued");
+        self.work.notify_waiters();
+        self.show(id)
+    }
+
+    fn summary(&self, inner: &Inner, id: JobId) -> Option<JobSummary> {
+        let x = inner.jobs.get(&id)?;
+        let meta = inner.farm.job_meta(id)?;
+        let p = inner.farm.progress(id).ok()?;
+        let state = inner.farm.state(id).ok()?;
+        let left = p.waiting + p.running;
+        let elapsed = (now_ms() / 1000).saturating_sub(x.submitted_at);
+        let eta_secs = (p.done > 0 && left > 0 && !state.is_final())
+            .then(|| elapsed * left as u64 / p.done as u64);
+        Some(JobSummary {
+            id,
+            name: meta.name.clone(),
+            user: x.user.clone(),
+            state: state.as_str().into(),
+            priority: meta.priority,
+            tags: meta.tags.iter().cloned().collect(),
+            counts: counts(p),
+            submitted_at: x.submitted_at,
+            eta_secs,
+            output_dir: self.jobs_dir.join(id.to_string()).display().to_string(),
+        })
+    }
+
+    /// Jobs of `user` (every job for `None`), oldest first.
+    pub fn list(&self, user: Option<&str>) -> Vec<JobSummary> {
+        let inner = lock(&self.inner);
+        inner
+            .farm
+            .job_ids()
+            .filter(|id| user.is_none_or(|u| inner.jobs.get(id).is_some_and(|j| j.user == u)))
+            .filter_map(|id| self.summary(&inner, id))
+            .collect()
+    }
+
+    /// One job with its tasks.
+    pub fn show(&self, id: JobId) -> Result<JobDetail, ApiError> {
+        let inner = lock(&self.inner);
+        let summary = self
+            .summary(&inner, id)
+            .ok_or_else(|| farm_err(FarmError::NoJob(id)))?;
+        let meta = inner.farm.job_meta(id).ok_or(farm_err(FarmError::NoJob(id)))?;
+        let x = &inner.jobs[&id];
+        let mut tasks = Vec::new();
+        for (si, step) in x.tasks.iter().enumerate() {
+            for (ti, t) in step.iter().enumerate() {
+                let r = TaskRef {
+                    job: id,
+                    step: si,
+                    task: ti,
+                };
+                let Some(rec) = inner.farm.task(r) else {
+                    continue;
+                };
+                tasks.push(TaskInfo {
+                    step: meta.steps[si].name.clone(),
+                    index: ti as u32,
+                    params: t.params.clone(),
+                    state: state_name(&rec.state).into(),
+                    node: t.node.clone(),
+                    failures: rec.failures,
+                    error: match &rec.state {
+                        TaskState::Failed(e) => Some(e.clone()),
+                        _ => t.error.clone(),
+                    },
+                    log_tail: t.log_tail.iter().cloned().collect(),
+                    progress: t.progress.clone(),
+                    outputs: t.outputs.clone(),
+                });
+            }
+        }
+        Ok(JobDetail {
+            summary,
+            steps: meta
+                .steps
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.depends_on
+                            .iter()
+                            .map(|d| meta.steps[*d].name.clone())
+                            .collect(),
+                    )
+                })
+                .collect(),
+            tasks,
+            why: inner.farm.why(id).unwrap_or_default(),
+            blocklisted: inner.farm.blocklisted(id),
+        })
+    }
+
+    /// Pauses, resumes, cancels or retries a job.
+    pub fn control(&self, id: JobId, action: JobAction, actor: String) -> Result<JobDetail, ApiError> {
+        self.with(|inner| {
+            match action {
+                JobAction::Pause => inner.farm.pause(id),
+                JobAction::Resume => inner.farm.resume(id),
+                JobAction::Cancel => inner.farm.cancel(id).map(|_| ()),
+                JobAction::Retry { all } => inner.farm.retry(id, all).map(|_| ()),
+            }
+            .map_err(farm_err)?;
+            inner.audit.push(AuditRecord {
+                at: now_ms() / 1000,
+                actor,
+                event: "render-control".into(),
+                detail: format!("job {id}: {action:?}"),
+            });
+            Ok(())
+        })?;
+        self.work.notify_waiters();
+        self.show(id)
+    }
+
+    /// Expires the leases of silent nodes; wakes the others when tasks came free.
+    pub fn tick(&self) {
+        let lost = {
+            let mut inner = lock(&self.inner);
+            let lost = inner.farm.tick(now_ms());
+            if let Err(e) = self.commit(&mut inner) {
+                tracing::error!(error = %e, "render farm: cannot record lost nodes");
+            }
+            lost
+        };
+        for n in &lost {
+            tracing::warn!(node = %n, "render node silent: its lease expired and its task waits again");
+        }
+        if !lost.is_empty() {
+            self.work.notify_waiters();
+        }
+    }
+
+    /// One heartbeat of node `id` without waiting: the stop order or the task for it.
+    fn try_work(&self, id: &str, name: &str, w: &NodeWork) -> Result<WorkReply, ApiError> {
+        self.with(|inner| {
+            let now = now_ms();
+            let running = w.running.map(unwire);
+            let stop = inner.farm.node_seen(
+                now,
+                id,
+                w.caps.tags.iter().cloned().collect(),
+                running,
+            );
+            inner.nodes.insert(
+                id.to_owned(),
+                LiveNode {
+                    name: name.to_owned(),
+                    caps: w.caps.clone(),
+                },
+            );
+            if let Some(l) = running.filter(|l| inner.farm.holds(id, *l)) {
+                if let Some(x) = inner
+                    .jobs
+                    .get_mut(&l.task.job)
+                    .and_then(|j| j.tasks.get_mut(l.task.step)?.get_mut(l.task.task))
+                {
+                    x.progress = w.progress.clone();
+                    for line in &w.log {
+                        if x.log_tail.len() == LOG_TAIL {
+                            x.log_tail.pop_front();
+                        }
+                        x.log_tail.push_back(line.chars().take(500).collect());
+                    }
+                }
+            }
+            if stop.is_some() || running.is_some() {
+                return Ok(WorkReply {
+                    task: None,
+                    stop: stop.map(wire),
+                });
+            }
+            let Some(a) = inner.farm.assign_node(now, id) else {
+                return Ok(WorkReply {
+                    task: None,
+                    stop: None,
+                });
+            };
+            let t = a.lease.task;
+            let meta = inner.farm.job_meta(t.job).cloned();
+            let Some((meta, job)) = meta.zip(inner.jobs.get_mut(&t.job)) else {
+                return Err(farm_err(FarmError::NoJob(t.job)));
+            };
+            // Inputs: the job's files and the outputs of the steps this one waits for.
+            let mut inputs = job.inputs.clone();
+            for d in &meta.steps[t.step].depends_on {
+                for x in &job.tasks[*d] {
+                    inputs.extend(x.outputs.iter().cloned());
+                }
+            }
+            let x = &mut job.tasks[t.step][t.task];
+            x.node = Some(id.to_owned());
+            x.progress = None;
+            x.log_tail.clear();
+            inner.dirty.insert(t);
+            let argv = x.argv.clone();
+            tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, attempt = a.attempt, "task assigned");
+            Ok(WorkReply {
+                task: Some(TaskAssignment {
+                    lease: wire(a.lease),
+                    job_name: meta.name.clone(),
+                    step: meta.steps[t.step].name.clone(),
+                    argv,
+                    inputs,
+                    attempt: a.attempt,
+                }),
+                stop: None,
+            })
+        })
+    }
+
+    /// A node's heartbeat and, when it is idle, its request for work, held up to `wait_ms`
+    /// until a task fits it.
+    pub async fn node_work(
+        self: &Arc<Self>,
+        id: String,
+        name: String,
+        w: NodeWork,
+    ) -> Result<WorkReply, ApiError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(w.wait_ms.into()).min(MAX_WAIT);
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let me = self.clone();
+            let (i, n, work) = (id.clone(), name.clone(), w.clone());
+            let reply = tokio::task::spawn_blocking(move || me.try_work(&i, &n, &work))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+            if reply.task.is_some() || reply.stop.is_some() || w.running.is_some() {
+                return Ok(reply);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// A node reports a finished task; its outputs must be stored already.
+    pub fn task_done(&self, id: &str, done: TaskDone) -> Result<(), ApiError> {
+        let lease = unwire(done.lease);
+        let t = lease.task;
+        let out = self.with(|inner| {
+            if !inner.farm.holds(id, lease) {
+                tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, "late report refused; its outputs are discarded");
+                return Err(farm_err(FarmError::NotHeld(lease, id.to_owned())));
+            }
+            let outcome = match &done.outcome {
+                Ok(outputs) => self.place_outputs(t.job, outputs).map(|()| outputs.clone()),
+                Err(e) => Err(e.clone()),
+            };
+            if let Some(x) = inner
+                .jobs
+                .get_mut(&t.job)
+                .and_then(|j| j.tasks.get_mut(t.step)?.get_mut(t.task))
+            {
+                x.log_tail = done
+                    .log_tail
+                    .iter()
+                    .rev()
+                    .take(LOG_TAIL)
+                    .rev()
+                    .map(|l| l.chars().take(500).collect())
+                    .collect();
+                match &outcome {
+                    Ok(outputs) => {
+                        x.outputs = outputs.clone();
+                        x.error = None;
+                    }
+                    Err(e) => x.error = Some(e.clone()),
+                }
+                x.progress = None;
+            }
+            inner.dirty.insert(t);
+            match &outcome {
+                Ok(_) => tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, "task done"),
+                Err(e) => tracing::warn!(job = t.job, step = t.step, task = t.task, node = %id, error = %e, "task failed"),
+            }
+            inner
+                .farm
+                .finished(now_ms(), id, lease, outcome.map(|_| ()))
+                .map_err(farm_err)?;
+            let state = inner.farm.state(t.job).map_err(farm_err)?;
+            if state.is_final() {
+                let name = inner.farm.name(t.job).unwrap_or("").to_owned();
+                tracing::info!(job = t.job, state = state.as_str(), "render job ended");
+                inner.audit.push(AuditRecord {
+                    at: now_ms() / 1000,
+                    actor: format!("node {id}"),
+                    event: format!("render-{}", state.as_str()),
+                    detail: format!("job {} '{name}' {}", t.job, state.as_str()),
+                });
+            }
+            Ok(())
+        });
+        self.work.notify_waiters();
+        out
+    }
+
+    /// Checks that every output was uploaded and places it in the job's output directory.
+    fn place_outputs(&self, job: JobId, outputs: &[FileRef]) -> Result<(), String> {
+        let dir = self.jobs_dir.join(job.to_string());
+        for f in outputs {
+            if !valid_job_path(&f.path) {
+                return Err(format!("output path '{}' leaves the job's directory", f.path));
+            }
+            if self.blobs.size(&f.hash) != Some(f.size) {
+                return Err(format!("output '{}' was not uploaded", f.path));
+            }
+        }
+        for f in outputs {
+            self.blobs
+                .place(&f.hash, &dir.join(&f.path))
+                .map_err(|e| format!("cannot place output '{}': {e}", f.path))?;
+        }
+        Ok(())
+    }
+
+    /// Live facts about nodes: name, capabilities, and what each runs.
+    pub fn live_nodes(&self) -> Vec<(String, String, NodeCaps, Option<String>)> {
+        let inner = lock(&self.inner);
+        let running: HashMap<&str, Option<TaskRef>> = inner.farm.nodes().collect();
+        inner
+            .nodes
+            .iter()
+            .filter(|(id, _)| running.contains_key(id.as_str()))
+            .map(|(id, n)| {
+                let what = running.get(id.as_str()).copied().flatten().map(|t| {
+                    let step = inner
+                        .farm
+                        .job_meta(t.job)
+                        .map(|m| m.steps[t.step].name.clone())
+                        .unwrap_or_default();
+                    format!("job {} {step}[{}]", t.job, t.task)
+                });
+                (id.clone(), n.name.clone(), n.caps.clone(), what)
+            })
+            .collect()
+    }
+
+    /// A node was revoked or removed: its task waits again.
+    pub fn node_gone(&self, id: &str) {
+        let mut inner = lock(&self.inner);
+        inner.farm.node_gone(id);
+        inner.nodes.remove(id);
+        if let Err(e) = self.commit(&mut inner) {
+            tracing::error!(error = %e, "render farm: cannot record a removed node");
+        }
+        drop(inner);
+        self.work.notify_waiters();
+    }
+}

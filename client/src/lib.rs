@@ -1,0 +1,11 @@
+//! Talking to a Periphery appliance, for every client that is not the appliance: the tablet
+//! and the render node.
+//!
+//! - [`tls`]: first-contact (any certificate, recorded, to be bound by pairing or checked
+//!   against a known fingerprint) and pinned (the appliance CA, with a client certificate)
+//!   QUIC configurations;
+//! - [`session`]: a control-stream session: connect, Hello/Welcome, requests matched to their
+//!   responses, notices queued.
+
+pub mod session;
+pub mod tls;

@@ -1,0 +1,262 @@
+//! `periphery-render-node`: a render node for a Periphery appliance.
+//!
+//! ```text
+//! periphery-render-node join <appliance> --token T [--name N]   # once
+//! periphery-render-node run [--tags gpu,fast]                    # works until stopped
+//! ```
+//! and the helpers the built-in job templates call: `blender <scene> <frames> <out>` and
+//! `assemble --fps N <frames dir> <video>`.
+
+mod helpers;
+mod home;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rcgen::{CertificateParams, KeyPair};
+
+use periphery_client::session::Session;
+use periphery_client::tls::{first_contact, SeenCert};
+use periphery_protocol::pairing::fingerprint;
+use periphery_protocol::render::NodeCaps;
+use periphery_protocol::{Request, Response};
+
+#[derive(Parser)]
+#[command(name = "periphery-render-node", version, about = "A Periphery render node")]
+struct Cli {
+    /// Where the node keeps its credentials and cache.
+    #[arg(long, global = true, env = "PERIPHERY_NODE_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join an appliance with a token from `periphery render node-token`.
+    Join {
+        /// The appliance's address (`host` or `host:port`).
+        appliance: String,
+        /// The join token.
+        #[arg(long)]
+        token: String,
+        /// The node's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Pull and run render tasks until stopped.
+    Run {
+        /// Tags this node carries (jobs may require them), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Where inputs are cached and tasks run (default: <home>/cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Render frames of a Blender scene (used by the built-in Blender templates).
+    Blender {
+        /// The scene.
+        scene: String,
+        /// Frames: `a-b` or `a`.
+        frames: String,
+        /// The output directory (`####.png` in it).
+        out: String,
+    },
+    /// Encode PNG frames into a video (used by the built-in video template).
+    Assemble {
+        /// Frames per second.
+        #[arg(long, default_value_t = 24)]
+        fps: u32,
+        /// The directory of frames.
+        frames: PathBuf,
+        /// The video file (the container follows its extension).
+        video: PathBuf,
+    },
+}
+
+/// Lets `cmd` die with this process and lead a process group of its own.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Sends SIGKILL to the process group `pid` leads.
+pub fn kill_group(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is shared.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+fn caps(tags: Vec<String>) -> NodeCaps {
+    let mut renderers = vec![("command".to_owned(), "sh".to_owned())];
+    if let Ok(o) = std::process::Command::new("blender")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        let first = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("Blender "))
+            .map(|l| l.trim_start_matches("Blender ").trim().to_owned());
+        if let Some(v) = first {
+            renderers.push(("blender".into(), v));
+        }
+    }
+    renderers.push(("assemble".into(), "libx264".into()));
+    let mut gpus: Vec<String> = std::fs::read_dir("/dev/dri")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("renderD"))
+        .collect();
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        gpus.push("nvidia0".into());
+    }
+    let mut tags = tags;
+    if !gpus.is_empty() && !tags.iter().any(|t| t == "gpu") {
+        tags.push("gpu".into());
+    }
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    NodeCaps {
+        renderers,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        memory_bytes,
+        gpus,
+        tags,
+    }
+}
+
+async fn join(home: PathBuf, appliance: String, token: String, name: Option<String>) -> anyhow::Result<()> {
+    let (secret, fp) = token
+        .split_once('.')
+        .context("a join token is <secret>.<fingerprint>, as `periphery render node-token` prints it")?;
+    let addr = periphery_client::session::resolve(&appliance)
+        .await
+        .with_context(|| format!("cannot resolve {appliance}"))?;
+    let seen = SeenCert::default();
+    let mut s = Session::connect_as(
+        addr,
+        first_contact(seen.clone())?,
+        concat!("periphery-render-node ", env!("CARGO_PKG_VERSION")),
+    )
+    .await?;
+    let cert = seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .context("the appliance showed no certificate")?;
+    let got = fingerprint(&cert);
+    if got.trim_start_matches("sha256:") != fp {
+        anyhow::bail!(
+            "the appliance at {appliance} is not the one the token was made for (its certificate is {got}); nothing was sent"
+        );
+    }
+    let name = name.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "render-node".into())
+    });
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    let Response::NodeJoined {
+        node_id,
+        cert_der,
+        ca_der,
+    } = s
+        .request(Request::NodeJoin {
+            secret: secret.to_owned(),
+            name: name.clone(),
+            csr_der: csr.der().to_vec(),
+        })
+        .await?
+    else {
+        anyhow::bail!("unexpected answer from the appliance");
+    };
+    s.close().await;
+    home::save(
+        &home,
+        &home::Credentials {
+            joined: home::Joined {
+                address: addr.to_string(),
+                node_id: node_id.clone(),
+                name,
+            },
+            key_der: key.serialize_der(),
+            cert_der,
+            ca_der,
+        },
+    )?;
+    println!("joined as render node {node_id}; start it with `periphery-render-node run`");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let home = cli.home.clone().unwrap_or_else(home::default_dir);
+    let result = match cli.command {
+        Command::Blender { scene, frames, out } => helpers::blender(&scene, &frames, &out),
+        Command::Assemble { fps, frames, video } => helpers::assemble(fps, &frames, &video),
+        Command::Join {
+            appliance,
+            token,
+            name,
+        } => runtime().and_then(|rt| rt.block_on(join(home, appliance, token, name))),
+        Command::Run { tags, cache } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("PERIPHERY_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            home::load(&home).and_then(|creds| {
+                let node = run::Node {
+                    cache: cache.unwrap_or_else(|| home.join("cache")),
+                    caps: caps(tags),
+                    creds,
+                };
+                tracing::info!(node = %node.creds.joined.node_id, caps = ?node.caps, "render node ready");
+                runtime()?.block_on(node.run())
+            })
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

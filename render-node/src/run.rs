@@ -1,0 +1,394 @@
+//! The node's work loop: ask the appliance for work (the call is held until a task fits),
+//! fetch the task's inputs into the cache by hash, run its command in a fresh working
+//! directory with a heartbeat every second (progress and new output lines; the answer may
+//! say stop), upload the outputs the appliance lacks, and report.
+//!
+//! A lost connection is retried with backoff while the task keeps running; if the lease
+//! expired meanwhile, the report is refused and the outputs are discarded by the appliance.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use periphery_client::session::Session;
+use periphery_client::tls;
+use periphery_protocol::render::{
+    FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, MAX_BLOB_CHUNK,
+};
+use periphery_protocol::{Request, Response};
+use periphery_render::blender::{parse_line, Event};
+
+use crate::home::Credentials;
+
+const SOFTWARE: &str = concat!("periphery-render-node ", env!("CARGO_PKG_VERSION"));
+/// Lines of output kept for the report.
+const TAIL: usize = 40;
+
+/// A joined node, ready to work.
+#[derive(Debug)]
+pub struct Node {
+    /// Its credentials.
+    pub creds: Credentials,
+    /// Where inputs are cached and tasks run.
+    pub cache: PathBuf,
+    /// What it offers.
+    pub caps: NodeCaps,
+}
+
+/// The BLAKE3 of a file, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+async fn connect(creds: &Credentials) -> anyhow::Result<Session> {
+    let addr = periphery_client::session::resolve(&creds.joined.address)
+        .await
+        .with_context(|| format!("cannot resolve {}", creds.joined.address))?;
+    let config = tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der)?;
+    Ok(Session::connect_as(addr, config, SOFTWARE).await?)
+}
+
+/// The connection, re-made when it breaks.
+struct Link<'a> {
+    creds: &'a Credentials,
+    session: Option<Session>,
+}
+
+impl Link<'_> {
+    /// Runs a request, reconnecting once when the connection is gone.
+    async fn request(&mut self, body: Request) -> anyhow::Result<Response> {
+        for _ in 0..2 {
+            if self.session.is_none() {
+                self.session = Some(connect(self.creds).await?);
+                tracing::info!("connected to the appliance");
+            }
+            let Some(s) = self.session.as_mut() else {
+                continue;
+            };
+            match s.request(body.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(periphery_client::session::SessionError::Api(e)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection to the appliance lost");
+                    self.session = None;
+                }
+            }
+        }
+        anyhow::bail!("the appliance cannot be reached")
+    }
+}
+
+impl Node {
+    /// Works until the process is stopped.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let mut link = Link {
+            creds: &self.creds,
+            session: None,
+        };
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let work = NodeWork {
+                caps: self.caps.clone(),
+                running: None,
+                progress: None,
+                log: Vec::new(),
+                wait_ms: 5_000,
+            };
+            match link.request(Request::NodeWork(work)).await {
+                Ok(Response::Work(w)) => {
+                    backoff = Duration::from_millis(500);
+                    if let Some(t) = w.task {
+                        self.run_task(&mut link, t).await;
+                    }
+                }
+                Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot ask for work");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Makes sure the cache holds `f`; returns its path there.
+    async fn fetch(&self, link: &mut Link<'_>, f: &FileRef) -> anyhow::Result<PathBuf> {
+        let dir = self.cache.join("blobs");
+        let path = dir.join(&f.hash);
+        if path.is_file() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{}.part", f.hash));
+        let mut data = Vec::with_capacity(f.size as usize);
+        while (data.len() as u64) < f.size {
+            let Response::Bytes(chunk) = link
+                .request(Request::BlobGet {
+                    hash: f.hash.clone(),
+                    offset: data.len() as u64,
+                    len: MAX_BLOB_CHUNK as u32,
+                })
+                .await?
+            else {
+                anyhow::bail!("unexpected answer to a file request");
+            };
+            if chunk.is_empty() {
+                anyhow::bail!("the appliance's copy of {} is short", f.path);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let actual = blake3::hash(&data).to_hex().to_string();
+        if actual != f.hash {
+            anyhow::bail!("{} arrived with hash {actual}, not {}", f.path, f.hash);
+        }
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Uploads `path` unless the appliance has it.
+    async fn upload(&self, link: &mut Link<'_>, path: &Path, hash: &str) -> anyhow::Result<()> {
+        let data = std::fs::read(path)?;
+        let mut offset = 0;
+        loop {
+            let end = (offset + MAX_BLOB_CHUNK).min(data.len());
+            link.request(Request::BlobPut {
+                hash: hash.to_owned(),
+                offset: offset as u64,
+                data: data[offset..end].to_vec(),
+                last: end == data.len(),
+            })
+            .await?;
+            if end == data.len() {
+                return Ok(());
+            }
+            offset = end;
+        }
+    }
+
+    async fn run_task(&self, link: &mut Link<'_>, t: TaskAssignment) {
+        let l = t.lease;
+        let span = tracing::info_span!("task", job = l.job, step = %t.step, task = l.task);
+        let _g = span.enter();
+        tracing::info!(attempt = t.attempt, argv = ?t.argv, "task started");
+        let work = self
+            .cache
+            .join("work")
+            .join(format!("{}-{}-{}-{}", l.job, l.step, l.task, l.serial));
+        let (outcome, tail) = match self.execute(link, &t, &work).await {
+            Ok(Some((outcome, tail))) => (outcome, tail),
+            Ok(None) => {
+                tracing::info!("task stopped by the appliance");
+                let _ = std::fs::remove_dir_all(&work);
+                return;
+            }
+            Err(e) => (Err(format!("{e:#}")), Vec::new()),
+        };
+        match &outcome {
+            Ok(o) => tracing::info!(outputs = o.len(), "task done"),
+            Err(e) => tracing::warn!(error = %e, "task failed"),
+        }
+        let done = TaskDone {
+            lease: l,
+            outcome,
+            log_tail: tail,
+        };
+        if let Err(e) = link.request(Request::NodeTaskDone(done)).await {
+            tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
+        }
+        let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// Runs the task; `None` when the appliance said stop.
+    async fn execute(
+        &self,
+        link: &mut Link<'_>,
+        t: &TaskAssignment,
+        work: &Path,
+    ) -> anyhow::Result<Option<(Result<Vec<FileRef>, String>, Vec<String>)>> {
+        let _ = std::fs::remove_dir_all(work);
+        std::fs::create_dir_all(work.join("out"))?;
+        let mut inputs = HashSet::new();
+        for f in &t.inputs {
+            if !periphery_protocol::render::valid_job_path(&f.path) {
+                anyhow::bail!("input path '{}' leaves the working directory", f.path);
+            }
+            let cached = self
+                .fetch(link, f)
+                .await
+                .with_context(|| format!("cannot fetch input {}", f.path))?;
+            let dest = work.join(&f.path);
+            if let Some(d) = dest.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            if std::fs::hard_link(&cached, &dest).is_err() {
+                std::fs::copy(&cached, &dest)?;
+            }
+            inputs.insert((f.path.clone(), f.hash.clone()));
+        }
+        let Some(program) = t.argv.first() else {
+            anyhow::bail!("the task has no command");
+        };
+        let program = if program == "periphery-render-node" {
+            std::env::current_exe()?
+        } else {
+            PathBuf::from(program)
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&t.argv[1..])
+            .current_dir(work)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        crate::die_with_parent(cmd.as_std_mut());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        for pipe in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut tail: Vec<String> = Vec::new();
+        let mut fresh: Vec<String> = Vec::new();
+        let mut progress: Option<String> = None;
+        let mut error: Option<String> = None;
+        let mut take = |l: String, fresh: &mut Vec<String>, tail: &mut Vec<String>| {
+            match parse_line(&l) {
+                Some(Event::Frame(f)) => progress = Some(format!("frame {f}")),
+                Some(Event::Samples { done, total }) => {
+                    progress = Some(format!("sample {done}/{total}"))
+                }
+                Some(Event::Saved(p)) => progress = Some(format!("saved {p}")),
+                Some(Event::Error(e)) => error = Some(e),
+                None => {}
+            }
+            if tail.len() == TAIL {
+                tail.remove(0);
+            }
+            tail.push(l.clone());
+            fresh.push(l);
+            progress.clone()
+        };
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        beat.tick().await;
+        let mut lines_open = true;
+        let mut last_progress = None;
+        let status = loop {
+            tokio::select! {
+                s = child.wait() => break s?,
+                l = rx.recv(), if lines_open => match l {
+                    Some(l) => last_progress = take(l, &mut fresh, &mut tail),
+                    None => lines_open = false,
+                },
+                _ = beat.tick() => {
+                    let hb = NodeWork {
+                        caps: self.caps.clone(),
+                        running: Some(t.lease),
+                        progress: last_progress.clone(),
+                        log: std::mem::take(&mut fresh),
+                        wait_ms: 0,
+                    };
+                    match link.request(Request::NodeWork(hb)).await {
+                        Ok(Response::Work(w)) if w.stop == Some(t.lease) => {
+                            stop(&mut child).await;
+                            return Ok(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; the task goes on"),
+                    }
+                }
+            }
+        };
+        while let Some(l) = rx.recv().await {
+            last_progress = take(l, &mut fresh, &mut tail);
+        }
+        let _ = last_progress;
+        if !status.success() {
+            let why = error
+                .or_else(|| tail.iter().rev().find(|l| !l.trim().is_empty()).cloned())
+                .unwrap_or_default();
+            return Ok(Some((Err(format!("{status}: {why}")), tail)));
+        }
+        let outputs = self.outputs(link, work, &inputs).await?;
+        Ok(Some((Ok(outputs), tail)))
+    }
+
+    /// Files under `work/out` that are not inputs, uploaded where the appliance lacks them.
+    async fn outputs(
+        &self,
+        link: &mut Link<'_>,
+        work: &Path,
+        inputs: &HashSet<(String, String)>,
+    ) -> anyhow::Result<Vec<FileRef>> {
+        let mut files = Vec::new();
+        let mut dirs = vec![work.join("out")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.is_file() {
+                    let rel = p
+                        .strip_prefix(work)?
+                        .to_str()
+                        .context("an output's name is not UTF-8")?
+                        .to_owned();
+                    let hash = hash_file(&p)?;
+                    if !inputs.contains(&(rel.clone(), hash.clone())) {
+                        let size = std::fs::metadata(&p)?.len();
+                        files.push((p, FileRef { path: rel, hash, size }));
+                    }
+                }
+            }
+        }
+        files.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+        let Response::Missing(missing) = link
+            .request(Request::BlobMissing {
+                hashes: files.iter().map(|f| f.1.hash.clone()).collect(),
+            })
+            .await?
+        else {
+            anyhow::bail!("unexpected answer to a file query");
+        };
+        let missing: HashSet<String> = missing.into_iter().collect();
+        let mut sent = HashSet::new();
+        for (p, f) in &files {
+            if missing.contains(&f.hash) && sent.insert(f.hash.clone()) {
+                self.upload(link, p, &f.hash)
+                    .await
+                    .with_context(|| format!("cannot upload {}", f.path))?;
+            }
+        }
+        Ok(files.into_iter().map(|f| f.1).collect())
+    }
+}
+
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // The task's command leads its own process group: stop all of it.
+        crate::kill_group(pid);
+    }
+    let _ = child.kill().await;
+}

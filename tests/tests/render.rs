@@ -1,0 +1,335 @@
+//! The render farm end to end: a daemon, render nodes joined with a token (real
+//! `periphery-render-node` processes), real Blender from Debian's packages.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use periphery_e2e::{bin, wait_for, Daemon, DaemonOptions};
+
+/// A running `periphery-render-node run`.
+struct Node {
+    child: Child,
+    home: PathBuf,
+}
+
+impl Node {
+    /// Joins `daemon` with a fresh token and starts working; `path_first` goes before PATH
+    /// (a directory with a fake `blender`, say).
+    fn start(daemon: &Daemon, dir: &Path, name: &str, path_first: Option<&Path>) -> Self {
+        let token = daemon.ok(&["render", "node-token"]).trim().to_owned();
+        let home = dir.join(name);
+        let out = Command::new(bin("periphery-render-node"))
+            .arg("--home")
+            .arg(&home)
+            .args(["join", &daemon.address(), "--token", &token, "--name", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "join: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(p) = path_first {
+            path = format!("{}:{path}", p.display());
+        }
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(bin("periphery-render-node"))
+            .arg("--home")
+            .arg(&home)
+            .arg("run")
+            .env("PATH", path)
+            .env("PERIPHERY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Node { child, home }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn daemon(dir: &Path) -> Daemon {
+    Daemon::start(&dir.join("state"), DaemonOptions::default())
+}
+
+/// Waits until `n` nodes are idle or busy in `render nodes`.
+fn wait_nodes(d: &Daemon, n: usize) {
+    wait_for("nodes online", Duration::from_secs(30), || {
+        let out = d.ok(&["render", "nodes"]);
+        let live = out
+            .lines()
+            .filter(|l| l.contains(" idle ") || l.contains(" busy "))
+            .count();
+        (live >= n).then_some(())
+    });
+}
+
+/// A Cycles scene of a few objects, the cube turning over 10 frames, 64x64.
+fn scene(dir: &Path) -> PathBuf {
+    let path = dir.join("turn.blend");
+    let script = format!(
+        "import bpy, math\n\
+         s = bpy.context.scene\n\
+         s.render.engine = 'CYCLES'; s.cycles.samples = 4; s.cycles.use_denoising = False\n\
+         s.cycles.seed = 7; s.render.resolution_x = 64; s.render.resolution_y = 64\n\
+         s.render.resolution_percentage = 100; s.frame_start = 1; s.frame_end = 10\n\
+         bpy.ops.mesh.primitive_uv_sphere_add(location=(2, 0, 0), radius=0.7)\n\
+         bpy.ops.mesh.primitive_cone_add(location=(-2, 0, 0))\n\
+         cube = bpy.data.objects['Cube']\n\
+         cube.rotation_euler = (0, 0, 0); cube.keyframe_insert('rotation_euler', frame=1)\n\
+         cube.rotation_euler = (0, 0, math.pi); cube.keyframe_insert('rotation_euler', frame=10)\n\
+         bpy.ops.wm.save_as_mainfile(filepath='{}')\n",
+        path.display()
+    );
+    let out = Command::new("blender")
+        .args(["-b", "--factory-startup", "--python-expr", &script])
+        .output()
+        .expect("blender is installed (scripts/setup.sh)");
+    assert!(path.exists(), "{}", String::from_utf8_lossy(&out.stdout));
+    path
+}
+
+fn rgba(path: &Path) -> (u32, u32, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+fn job_id(submit_stdout: &str) -> u64 {
+    submit_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("queued job "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {submit_stdout}"))
+}
+
+#[test]
+fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let scene = scene(dir.path());
+    // The reference: Blender rendering the same frames directly.
+    let reference = dir.path().join("ref");
+    let out = Command::new("blender")
+        .args(periphery_render_args(&scene, &reference))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::start(&d, dir.path(), &format!("node{i}"), None))
+        .collect();
+    wait_nodes(&d, 3);
+    let submitted = d.ok(&[
+        "render",
+        "submit",
+        scene.to_str().unwrap(),
+        "--frames",
+        "1-10",
+        "--chunk",
+        "2",
+        "--video",
+        "turn.mp4",
+        "--fps",
+        "10",
+    ]);
+    let job = job_id(&submitted);
+    assert!(submitted.contains("6 tasks"), "5 chunks and the video: {submitted}");
+    let show = d.ok(&["render", "show", &job.to_string()]);
+    let out_dir = dir.path().join(format!("state/render/jobs/{job}/out"));
+    for f in 1..=10 {
+        let (w, h, got) = rgba(&out_dir.join(format!("{f:04}.png")));
+        let (_, _, want) = rgba(&reference.join(format!("{f:04}.png")));
+        assert_eq!((w, h), (64, 64));
+        let p = psnr(&got, &want);
+        assert!(p >= 45.0, "frame {f}: PSNR {p:.1} dB against Blender's own\n{show}");
+    }
+    assert_eq!(
+        periphery_media::video::count_frames(&out_dir.join("turn.mp4")).unwrap(),
+        10,
+        "the assembled video decodes to 10 frames"
+    );
+    let used: std::collections::BTreeSet<&str> = show
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Render["))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(used.len() >= 2, "the frames were spread over the nodes: {show}");
+    drop(nodes);
+}
+
+/// The arguments Blender takes to render frames 1-10 of `scene` into `out/####.png`.
+fn periphery_render_args(scene: &Path, out: &Path) -> Vec<String> {
+    periphery_render::blender::args(scene.to_str().unwrap(), out.to_str().unwrap(), 1, 10)
+}
+
+#[test]
+fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let mut a = Node::start(&d, dir.path(), "a", None);
+    wait_nodes(&d, 1);
+    // The first run of frame 2 marks itself and hangs; any later run finishes at once.
+    let marker = dir.path().join("started");
+    let cmd = format!(
+        "if [ \"$1\" = 2 ] && mkdir {m} 2>/dev/null; then sleep 600; fi; echo \"frame $1\" > out/$1.txt",
+        m = marker.display()
+    );
+    let job = job_id(&d.ok(&[
+        "render", "submit", &cmd, "--command", "--frames", "1-3", "--no-wait",
+    ]));
+    wait_for("frame 2 to start", Duration::from_secs(30), || {
+        marker.exists().then_some(())
+    });
+    a.kill();
+    let _b = Node::start(&d, dir.path(), "b", None);
+    // After the lease (30 s) the task waits again and b takes it.
+    let watched = d.cli(&["render", "watch", &job.to_string()]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stdout)
+    );
+    let show = d.ok(&["render", "show", &job.to_string()]);
+    let frame2 = show
+        .lines()
+        .find(|l| l.contains("Run[1]"))
+        .unwrap_or_else(|| panic!("{show}"));
+    assert!(frame2.contains(" done "), "{frame2}");
+    let out = dir.path().join(format!("state/render/jobs/{job}/out/2.txt"));
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "frame 2\n");
+    let audit = d.ok(&["audit", "--limit", "200"]);
+    assert_eq!(
+        audit.matches("render-done").count(),
+        1,
+        "one completion of the job: {audit}"
+    );
+    let _ = a.home.exists();
+}
+
+#[test]
+fn bad_submissions_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let scene = dir.path().join("x.blend");
+    std::fs::write(&scene, b"not really a scene").unwrap();
+    let s = scene.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["render", "submit", "/nope/missing.blend"], "does not exist"),
+        (vec!["render", "submit", s, "--frames", "10-1", "--no-wait"], "10-1"),
+        (vec!["render", "submit", s, "--chunk", "0", "--no-wait"], "Chunk"),
+        (vec!["render", "submit", s, "-p", "Bogus=1", "--no-wait"], "Bogus"),
+    ] {
+        let out = d.cli(&args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let bad_template = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad_template,
+        "specificationVersion: jobtemplate-2023-09\nname: x\nsteps:\n  - name: A\n    script:\n      actions:\n        onRun:\n          command: '{{Task.Param.Nope}}'\n",
+    )
+    .unwrap();
+    let out = d.cli(&["render", "submit", bad_template.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("steps[0]"), "{err}");
+}
+
+#[test]
+fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let _n = Node::start(&d, dir.path(), "n", None);
+    wait_nodes(&d, 1);
+    let broken = dir.path().join("broken.blend");
+    std::fs::write(&broken, b"this is not a blend file").unwrap();
+    let bad = job_id(&d.ok(&[
+        "render", "submit", broken.to_str().unwrap(), "--frames", "1", "--no-wait",
+    ]));
+    let good = job_id(&d.ok(&[
+        "render", "submit", "echo ok > out/ok.txt", "--command", "--no-wait",
+    ]));
+    let watched = d.cli(&["render", "watch", &bad.to_string()]);
+    assert!(!watched.status.success());
+    let show = d.ok(&["render", "show", &bad.to_string()]);
+    assert!(show.contains("failed"), "{show}");
+    assert!(show.contains("failures 3"), "retried up to the limit: {show}");
+    assert!(show.contains("error:"), "the renderer's output is attached: {show}");
+    let watched = d.cli(&["render", "watch", &good.to_string()]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stdout)
+    );
+}
+
+#[test]
+fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let fake = dir.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("blender"),
+        "#!/bin/sh\necho 'Error: CUDA error: this Blender always fails'\nexit 1\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["+x", fake.join("blender").to_str().unwrap()])
+        .status()
+        .unwrap();
+    let _bad = Node::start(&d, dir.path(), "bad", Some(&fake));
+    wait_nodes(&d, 1);
+    let scene = scene(dir.path());
+    let job = job_id(&d.ok(&[
+        "render", "submit", scene.to_str().unwrap(), "--frames", "1-4", "--no-wait",
+    ]));
+    // Alone, the bad node fails 3 tasks of the job and is blocklisted for it.
+    wait_for("the bad node to be blocklisted", Duration::from_secs(60), || {
+        let show = d.ok(&["render", "show", &job.to_string()]);
+        show.contains("blocklisted nodes:").then_some(())
+    });
+    let why = d.ok(&["render", "why", &job.to_string()]);
+    assert!(why.contains("blocklisted"), "{why}");
+    let _good = Node::start(&d, dir.path(), "good", None);
+    let watched = d.cli(&["render", "watch", &job.to_string()]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stdout)
+    );
+}
