@@ -19,8 +19,15 @@ pub fn blender(scene: &str, frames: &str, out: &str) -> anyhow::Result<()> {
     if !Path::new(scene).is_file() {
         bail!("Error: Cannot read file '{scene}': No such file");
     }
+    // Blender resolves relative paths against $PWD, not the working directory: give it
+    // absolute ones.
+    let cwd = std::env::current_dir()?;
+    let (scene, out) = (cwd.join(scene), cwd.join(out));
+    let (scene, out) = (scene.to_string_lossy(), out.to_string_lossy());
     let mut cmd = Command::new("blender");
-    cmd.args(args(scene, out, start, end))
+    cmd.args(args(&scene, &out, start, end))
+        .current_dir(&cwd)
+        .env("PWD", &cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     crate::die_with_parent(&mut cmd);

@@ -24,7 +24,11 @@ use periphery_protocol::render::NodeCaps;
 use periphery_protocol::{Request, Response};
 
 #[derive(Parser)]
-#[command(name = "periphery-render-node", version, about = "A Periphery render node")]
+#[command(
+    name = "periphery-render-node",
+    version,
+    about = "A Periphery render node"
+)]
 struct Cli {
     /// Where the node keeps its credentials and cache.
     #[arg(long, global = true, env = "PERIPHERY_NODE_HOME")]
@@ -151,10 +155,15 @@ fn caps(tags: Vec<String>) -> NodeCaps {
     }
 }
 
-async fn join(home: PathBuf, appliance: String, token: String, name: Option<String>) -> anyhow::Result<()> {
-    let (secret, fp) = token
-        .split_once('.')
-        .context("a join token is <secret>.<fingerprint>, as `periphery render node-token` prints it")?;
+async fn join(
+    home: PathBuf,
+    appliance: String,
+    token: String,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let (secret, fp) = token.split_once('.').context(
+        "a join token is <secret>.<fingerprint>, as `periphery render node-token` prints it",
+    )?;
     let addr = periphery_client::session::resolve(&appliance)
         .await
         .with_context(|| format!("cannot resolve {appliance}"))?;

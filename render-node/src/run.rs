@@ -243,6 +243,7 @@ impl Node {
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&t.argv[1..])
             .current_dir(work)
+            .env("PWD", work)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -253,8 +254,14 @@ impl Node {
             .with_context(|| format!("cannot run {}", program.display()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         for pipe in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()
@@ -358,7 +365,14 @@ impl Node {
                     let hash = hash_file(&p)?;
                     if !inputs.contains(&(rel.clone(), hash.clone())) {
                         let size = std::fs::metadata(&p)?.len();
-                        files.push((p, FileRef { path: rel, hash, size }));
+                        files.push((
+                            p,
+                            FileRef {
+                                path: rel,
+                                hash,
+                                size,
+                            },
+                        ));
                     }
                 }
             }

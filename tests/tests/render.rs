@@ -167,7 +167,10 @@ fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
         "10",
     ]);
     let job = job_id(&submitted);
-    assert!(submitted.contains("6 tasks"), "5 chunks and the video: {submitted}");
+    assert!(
+        submitted.contains("6 tasks"),
+        "5 chunks and the video: {submitted}"
+    );
     let show = d.ok(&["render", "show", &job.to_string()]);
     let out_dir = dir.path().join(format!("state/render/jobs/{job}/out"));
     for f in 1..=10 {
@@ -175,7 +178,10 @@ fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
         let (_, _, want) = rgba(&reference.join(format!("{f:04}.png")));
         assert_eq!((w, h), (64, 64));
         let p = psnr(&got, &want);
-        assert!(p >= 45.0, "frame {f}: PSNR {p:.1} dB against Blender's own\n{show}");
+        assert!(
+            p >= 45.0,
+            "frame {f}: PSNR {p:.1} dB against Blender's own\n{show}"
+        );
     }
     assert_eq!(
         periphery_media::video::count_frames(&out_dir.join("turn.mp4")).unwrap(),
@@ -187,7 +193,10 @@ fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
         .filter(|l| l.trim_start().starts_with("Render["))
         .filter_map(|l| l.split_whitespace().nth(2))
         .collect();
-    assert!(used.len() >= 2, "the frames were spread over the nodes: {show}");
+    assert!(
+        used.len() >= 2,
+        "the frames were spread over the nodes: {show}"
+    );
     drop(nodes);
 }
 
@@ -205,11 +214,17 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
     // The first run of frame 2 marks itself and hangs; any later run finishes at once.
     let marker = dir.path().join("started");
     let cmd = format!(
-        "if [ \"$1\" = 2 ] && mkdir {m} 2>/dev/null; then sleep 600; fi; echo \"frame $1\" > out/$1.txt",
+        "if [ \"$1\" = 2-2 ] && mkdir {m} 2>/dev/null; then sleep 600; fi; echo \"frame $1\" > out/$1.txt",
         m = marker.display()
     );
     let job = job_id(&d.ok(&[
-        "render", "submit", &cmd, "--command", "--frames", "1-3", "--no-wait",
+        "render",
+        "submit",
+        &cmd,
+        "--command",
+        "--frames",
+        "1-3",
+        "--no-wait",
     ]));
     wait_for("frame 2 to start", Duration::from_secs(30), || {
         marker.exists().then_some(())
@@ -229,8 +244,10 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
         .find(|l| l.contains("Run[1]"))
         .unwrap_or_else(|| panic!("{show}"));
     assert!(frame2.contains(" done "), "{frame2}");
-    let out = dir.path().join(format!("state/render/jobs/{job}/out/2.txt"));
-    assert_eq!(std::fs::read_to_string(out).unwrap(), "frame 2\n");
+    let out = dir
+        .path()
+        .join(format!("state/render/jobs/{job}/out/2-2.txt"));
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "frame 2-2\n");
     let audit = d.ok(&["audit", "--limit", "200"]);
     assert_eq!(
         audit.matches("render-done").count(),
@@ -248,10 +265,22 @@ fn bad_submissions_are_refused_with_a_clear_error() {
     std::fs::write(&scene, b"not really a scene").unwrap();
     let s = scene.to_str().unwrap();
     for (args, needle) in [
-        (vec!["render", "submit", "/nope/missing.blend"], "does not exist"),
-        (vec!["render", "submit", s, "--frames", "10-1", "--no-wait"], "10-1"),
-        (vec!["render", "submit", s, "--chunk", "0", "--no-wait"], "Chunk"),
-        (vec!["render", "submit", s, "-p", "Bogus=1", "--no-wait"], "Bogus"),
+        (
+            vec!["render", "submit", "/nope/missing.blend"],
+            "does not exist",
+        ),
+        (
+            vec!["render", "submit", s, "--frames", "10-1", "--no-wait"],
+            "10-1",
+        ),
+        (
+            vec!["render", "submit", s, "--chunk", "0", "--no-wait"],
+            "Chunk",
+        ),
+        (
+            vec!["render", "submit", s, "-p", "Bogus=1", "--no-wait"],
+            "Bogus",
+        ),
     ] {
         let out = d.cli(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
@@ -278,17 +307,32 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
     let broken = dir.path().join("broken.blend");
     std::fs::write(&broken, b"this is not a blend file").unwrap();
     let bad = job_id(&d.ok(&[
-        "render", "submit", broken.to_str().unwrap(), "--frames", "1", "--no-wait",
+        "render",
+        "submit",
+        broken.to_str().unwrap(),
+        "--frames",
+        "1",
+        "--no-wait",
     ]));
     let good = job_id(&d.ok(&[
-        "render", "submit", "echo ok > out/ok.txt", "--command", "--no-wait",
+        "render",
+        "submit",
+        "echo ok > out/ok.txt",
+        "--command",
+        "--no-wait",
     ]));
     let watched = d.cli(&["render", "watch", &bad.to_string()]);
     assert!(!watched.status.success());
     let show = d.ok(&["render", "show", &bad.to_string()]);
     assert!(show.contains("failed"), "{show}");
-    assert!(show.contains("failures 3"), "retried up to the limit: {show}");
-    assert!(show.contains("error:"), "the renderer's output is attached: {show}");
+    assert!(
+        show.contains("failures 3"),
+        "retried up to the limit: {show}"
+    );
+    assert!(
+        show.contains("error:"),
+        "the renderer's output is attached: {show}"
+    );
     let watched = d.cli(&["render", "watch", &good.to_string()]);
     assert!(
         watched.status.success(),
@@ -316,13 +360,22 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
     wait_nodes(&d, 1);
     let scene = scene(dir.path());
     let job = job_id(&d.ok(&[
-        "render", "submit", scene.to_str().unwrap(), "--frames", "1-4", "--no-wait",
+        "render",
+        "submit",
+        scene.to_str().unwrap(),
+        "--frames",
+        "1-4",
+        "--no-wait",
     ]));
     // Alone, the bad node fails 3 tasks of the job and is blocklisted for it.
-    wait_for("the bad node to be blocklisted", Duration::from_secs(60), || {
-        let show = d.ok(&["render", "show", &job.to_string()]);
-        show.contains("blocklisted nodes:").then_some(())
-    });
+    wait_for(
+        "the bad node to be blocklisted",
+        Duration::from_secs(60),
+        || {
+            let show = d.ok(&["render", "show", &job.to_string()]);
+            show.contains("blocklisted nodes:").then_some(())
+        },
+    );
     let why = d.ok(&["render", "why", &job.to_string()]);
     assert!(why.contains("blocklisted"), "{why}");
     let _good = Node::start(&d, dir.path(), "good", None);

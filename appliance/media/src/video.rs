@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use ffmpeg_next as ff;
 use ff::codec;
 use ff::format::Pixel;
 use ff::util::frame::video::Video as VideoFrame;
+use ffmpeg_next as ff;
 
 use crate::codec::CodecError;
 use crate::convert::{bgra_to_i420, default_threads, I420};
@@ -57,6 +57,8 @@ impl VideoWriter {
         ctx.set_format(Pixel::YUV420P);
         ctx.set_time_base((1, fps));
         ctx.set_frame_rate(Some((fps, 1)));
+        // No B-frames: no reordering delay and no edit list for players to honour.
+        ctx.set_max_b_frames(0);
         if global {
             ctx.set_flags(codec::Flags::GLOBAL_HEADER);
         }

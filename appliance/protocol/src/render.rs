@@ -278,7 +278,16 @@ mod tests {
         for ok in ["scene.blend", "out/0001.png", "a/b/c"] {
             assert!(valid_job_path(ok), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a/", "a\0b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/",
+            "a\0b",
+        ] {
             assert!(!valid_job_path(bad), "{bad:?}");
         }
         assert!(!valid_job_path(&"a".repeat(513)));

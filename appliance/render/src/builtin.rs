@@ -163,11 +163,19 @@ mod tests {
         let t = Template::parse(BLENDER_VIDEO).unwrap();
         let job = t
             .instantiate(
-                &[p("Scene", "shot.blend"), p("Frames", "1-10"), p("Chunk", "4")],
+                &[
+                    p("Scene", "shot.blend"),
+                    p("Frames", "1-10"),
+                    p("Chunk", "4"),
+                ],
                 "/",
             )
             .unwrap();
-        let argv: Vec<String> = job.steps[0].tasks.iter().map(|t| t.argv.join(" ")).collect();
+        let argv: Vec<String> = job.steps[0]
+            .tasks
+            .iter()
+            .map(|t| t.argv.join(" "))
+            .collect();
         assert_eq!(
             argv,
             [
@@ -205,6 +213,9 @@ mod tests {
             .unwrap();
         assert_eq!(job.steps[0].tasks.len(), 3);
         // A chunk of one frame is still a range.
-        assert_eq!(job.steps[0].tasks[2].argv, ["sh", "-c", "echo $1", "sh", "3-3"]);
+        assert_eq!(
+            job.steps[0].tasks[2].argv,
+            ["sh", "-c", "echo $1", "sh", "3-3"]
+        );
     }
 }

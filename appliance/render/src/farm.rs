@@ -81,6 +81,8 @@ pub struct TaskRecord {
     pub failures: u32,
     /// Leases given out so far; the newest is the only one a report is accepted for.
     pub leases: u32,
+    /// The node it last failed on: it goes to another node first when one asks.
+    pub last_failed_on: Option<String>,
 }
 
 /// A step as stored.
@@ -208,9 +210,7 @@ struct Node {
 }
 
 /// A task's address.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskRef {
     /// The job.
     pub job: JobId,
@@ -580,17 +580,27 @@ impl Farm {
         lost
     }
 
-    /// The next waiting task of `job` whose step's dependencies are done.
-    fn ready_task(&mut self, job_id: JobId) -> Option<TaskRef> {
+    /// The next waiting task of `job` whose step's dependencies are done, for `node`: among
+    /// the first few waiting, one that did not just fail there, else the first.
+    fn ready_task(&mut self, job_id: JobId, node: &str) -> Option<TaskRef> {
         let job = &self.jobs[&job_id];
         if job.meta.paused || job.meta.canceled {
             return None;
         }
         for (si, s) in job.steps.iter().enumerate() {
             self.examined += 1;
-            let Some(&ti) = s.waiting.first() else {
+            let Some(&first) = s.waiting.first() else {
                 continue;
             };
+            // Fewer than BLOCKLIST_AFTER tasks can have failed here before the node is
+            // blocklisted, so looking that far bounds the work.
+            let ti = s
+                .waiting
+                .iter()
+                .take(BLOCKLIST_AFTER as usize + 1)
+                .find(|i| s.tasks[**i].last_failed_on.as_deref() != Some(node))
+                .copied()
+                .unwrap_or(first);
             if job.meta.steps[si]
                 .depends_on
                 .iter()
@@ -642,12 +652,17 @@ impl Farm {
         self.assign_in_order(now, id, &order)
     }
 
-    fn assign_in_order(&mut self, now: Millis, node_id: &str, order: &[JobId]) -> Option<Assignment> {
+    fn assign_in_order(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        order: &[JobId],
+    ) -> Option<Assignment> {
         let mut pick = None;
         for jid in order {
             self.examined += 1;
             let may = self.jobs[jid].may_run_on(node_id, &self.nodes[node_id]);
-            if let Some(t) = may.then(|| self.ready_task(*jid)).flatten() {
+            if let Some(t) = may.then(|| self.ready_task(*jid, node_id)).flatten() {
                 pick = Some(t);
                 break;
             }
@@ -707,6 +722,7 @@ impl Farm {
                 self.changes.jobs.insert(t.job);
                 let rec = &mut job.steps[t.step].tasks[t.task];
                 rec.failures += 1;
+                rec.last_failed_on = Some(node_id.to_owned());
                 if rec.failures >= MAX_ATTEMPTS {
                     TaskState::Failed(e)
                 } else {
@@ -1016,31 +1032,35 @@ mod tests {
         let mut f = Farm::new();
         let j = f.submit(0, job("j", 50, &[], 2)).unwrap();
         seen(&mut f, 0, "bad");
-        // The first task fails three times on one node: it fails for good, and the node
-        // (3 failures of this job) gets no more of it.
-        for (i, want_attempt) in [(0, 1), (1, 2), (2, 3)] {
+        // A task that failed on a node goes to another task first there; after 3 failures
+        // of the job the node gets no more of it.
+        for (i, (want_task, want_attempt)) in [(0, 1), (1, 1), (0, 2)].into_iter().enumerate() {
+            let i = i as u64;
             let a = f.assign(1 + i);
             assert_eq!(a.len(), 1);
-            assert_eq!(a[0].lease.task.task, 0);
-            assert_eq!(a[0].attempt, want_attempt, "{a:?}");
+            assert_eq!(
+                (a[0].lease.task.task, a[0].attempt),
+                (want_task, want_attempt),
+                "{a:?}"
+            );
             f.finished(2 + i, "bad", a[0].lease, Err("CUDA error".into()))
                 .unwrap();
         }
-        assert_eq!(
-            f.task_state(TaskRef {
-                job: j,
-                step: 0,
-                task: 0
-            }),
-            Some(&TaskState::Failed("CUDA error".into()))
-        );
         assert!(f.assign(5).is_empty());
         assert_eq!(f.blocklisted(j), ["bad"]);
         assert!(f.why(j).unwrap().iter().any(|w| w.contains("blocklisted")));
         seen(&mut f, 5, "good");
         let a = f.assign(6);
-        assert_eq!((a[0].node.as_str(), a[0].attempt), ("good", 1));
-        f.finished(7, "good", a[0].lease, Ok(())).unwrap();
+        assert_eq!((a[0].node.as_str(), a[0].attempt), ("good", 3));
+        f.finished(7, "good", a[0].lease, Err("CUDA error".into()))
+            .unwrap();
+        assert_eq!(
+            f.task_state(a[0].lease.task),
+            Some(&TaskState::Failed("CUDA error".into())),
+            "three attempts, then it fails for good"
+        );
+        let a = f.assign(8);
+        f.finished(9, "good", a[0].lease, Ok(())).unwrap();
         // The assembly can never run: the job failed, and says why.
         assert_eq!(f.state(j).unwrap(), JobState::Failed);
         assert!(f
@@ -1051,7 +1071,7 @@ mod tests {
         assert_eq!(f.progress(j).unwrap().failed, 1);
         // Retry of the failed tasks: fresh attempts, blocklist cleared.
         assert_eq!(f.retry(j, false).unwrap(), 1);
-        let a = f.assign(8);
+        let a = f.assign(10);
         assert_eq!(a.len(), 1, "both nodes may run it again; one takes it");
         assert_eq!(a[0].attempt, 1);
         assert!(f.blocklisted(j).is_empty());
@@ -1172,9 +1192,7 @@ mod tests {
                 let tasks = meta
                     .steps
                     .iter()
-                    .map(|s| {
-                        vec![TaskRecord::default(); s.tasks]
-                    })
+                    .map(|s| vec![TaskRecord::default(); s.tasks])
                     .collect();
                 (meta.clone(), tasks)
             });
@@ -1201,8 +1219,7 @@ mod tests {
         // The appliance restarts: n2 still runs its task and reports it within the lease.
         let mut g = Farm::restore(
             100,
-            rows.iter()
-                .map(|(id, (m, t))| (*id, m.clone(), t.clone())),
+            rows.iter().map(|(id, (m, t))| (*id, m.clone(), t.clone())),
         );
         assert_eq!(g.progress(j).unwrap(), f.progress(j).unwrap());
         assert_eq!(g.state(j).unwrap(), JobState::Paused);
@@ -1219,14 +1236,10 @@ mod tests {
         // A restart where the node never comes back: the lease expires.
         let mut h = Farm::restore(
             200,
-            rows.iter()
-                .map(|(id, (m, t))| (*id, m.clone(), t.clone())),
+            rows.iter().map(|(id, (m, t))| (*id, m.clone(), t.clone())),
         );
         h.tick(200 + NODE_TIMEOUT);
-        assert_eq!(
-            h.task_state(a[1].lease.task),
-            Some(&TaskState::Waiting)
-        );
+        assert_eq!(h.task_state(a[1].lease.task), Some(&TaskState::Waiting));
     }
 
     #[test]
@@ -1258,7 +1271,10 @@ mod tests {
         assert_eq!(f.progress(j).unwrap().done, 10_000);
         let first: u64 = cost[..100].iter().sum();
         let last: u64 = cost[9_900..].iter().sum();
-        assert_eq!(first, last, "the same work for the first and the last tasks");
+        assert_eq!(
+            first, last,
+            "the same work for the first and the last tasks"
+        );
         assert!(first <= 100 * 4, "a handful of steps per task: {first}");
     }
 }

@@ -140,20 +140,31 @@ impl Template {
         }
         let mut steps = Vec::new();
         for step in &job.steps {
-            if step.step_environments.as_ref().is_some_and(|e| !e.is_empty()) {
+            if step
+                .step_environments
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+            {
                 return Err(TemplateError::Unsupported(format!(
                     "step '{}': step environments",
                     step.name
                 )));
             }
-            if step.script.embedded_files.as_ref().is_some_and(|e| !e.is_empty()) {
+            if step
+                .script
+                .embedded_files
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+            {
                 return Err(TemplateError::Unsupported(format!(
                     "step '{}': embedded files",
                     step.name
                 )));
             }
             let mut base = match &step.resolved_symtab {
-                Some(t) => t.to_symtab(PathFormat::Posix).map_err(TemplateError::Expand)?,
+                Some(t) => t
+                    .to_symtab(PathFormat::Posix)
+                    .map_err(TemplateError::Expand)?,
                 None => SymbolTable::new(),
             };
             base.set_string("Session.WorkingDirectory", ".")

@@ -166,7 +166,10 @@ fn line(s: &JobSummary) -> String {
 
 fn print_detail(d: &JobDetail) {
     let s = &d.summary;
-    println!("job {} '{}' of {} (priority {})", s.id, s.name, s.user, s.priority);
+    println!(
+        "job {} '{}' of {} (priority {})",
+        s.id, s.name, s.user, s.priority
+    );
     println!("  {}", line(s));
     println!("  outputs in {}", s.output_dir);
     for w in &d.why {
@@ -331,7 +334,9 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
                 println!("{}  {} ({})", line(j), j.name, j.user);
             }
         }
-        RenderCommand::Show { job } => print_detail(&detail(&mut c, Request::RenderShow { job }).await?),
+        RenderCommand::Show { job } => {
+            print_detail(&detail(&mut c, Request::RenderShow { job }).await?)
+        }
         RenderCommand::Watch { job } => watch(&mut c, job).await?,
         RenderCommand::Cancel { job }
         | RenderCommand::Pause { job }

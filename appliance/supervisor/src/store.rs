@@ -901,7 +901,10 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert!(s.sessions().unwrap().is_empty());
-        assert!(s.render_jobs().unwrap().is_empty(), "4 -> 5 adds the render tables");
+        assert!(
+            s.render_jobs().unwrap().is_empty(),
+            "4 -> 5 adds the render tables"
+        );
     }
 
     #[test]

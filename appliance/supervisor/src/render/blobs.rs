@@ -18,7 +18,9 @@ pub enum BlobError {
     #[error("'{0}' is not a content hash (64 lower-case hex digits)")]
     BadHash(String),
     /// A chunk that does not continue the upload.
-    #[error("chunk at offset {offset} does not continue the upload of {hash} ({have} bytes so far)")]
+    #[error(
+        "chunk at offset {offset} does not continue the upload of {hash} ({have} bytes so far)"
+    )]
     OutOfOrder {
         /// The file.
         hash: String,

@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use periphery_protocol::render::{
-    valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, JobSummary, NodeCaps,
-    NodeWork, TaskAssignment, TaskCounts, TaskDone, TaskInfo, TemplateSource, WireLease,
-    WorkReply,
+    valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, JobSummary, NodeCaps, NodeWork,
+    TaskAssignment, TaskCounts, TaskDone, TaskInfo, TemplateSource, WireLease, WorkReply,
 };
 use periphery_protocol::{ApiError, ErrorCode};
 use periphery_render::builtin;
@@ -295,12 +294,18 @@ impl RenderFarm {
             .instantiate(&sub.params, "/")
             .map_err(|e| invalid(e.to_string()))?;
         if sub.priority > 100 {
-            return Err(invalid(format!("priority {} is outside 0..=100", sub.priority)));
+            return Err(invalid(format!(
+                "priority {} is outside 0..=100",
+                sub.priority
+            )));
         }
         let mut seen = BTreeSet::new();
         for f in &sub.inputs {
             if !valid_job_path(&f.path) {
-                return Err(invalid(format!("input path '{}' is not a relative path inside the job", f.path)));
+                return Err(invalid(format!(
+                    "input path '{}' is not a relative path inside the job",
+                    f.path
+                )));
             }
             if !seen.insert(f.path.as_str()) {
                 return Err(invalid(format!("input '{}' is named twice", f.path)));
@@ -337,10 +342,7 @@ impl RenderFarm {
             steps,
         };
         let id = self.with(|inner| {
-            let id = inner
-                .farm
-                .submit(now_ms(), request)
-                .map_err(farm_err)?;
+            let id = inner.farm.submit(now_ms(), request).map_err(farm_err)?;
             inner.jobs.insert(
                 id,
                 JobExtra {
@@ -422,7 +424,10 @@ impl RenderFarm {
         let summary = self
             .summary(&inner, id)
             .ok_or_else(|| farm_err(FarmError::NoJob(id)))?;
-        let meta = inner.farm.job_meta(id).ok_or(farm_err(FarmError::NoJob(id)))?;
+        let meta = inner
+            .farm
+            .job_meta(id)
+            .ok_or(farm_err(FarmError::NoJob(id)))?;
         let x = &inner.jobs[&id];
         let mut tasks = Vec::new();
         for (si, step) in x.tasks.iter().enumerate() {
@@ -474,7 +479,12 @@ impl RenderFarm {
     }
 
     /// Pauses, resumes, cancels or retries a job.
-    pub fn control(&self, id: JobId, action: JobAction, actor: String) -> Result<JobDetail, ApiError> {
+    pub fn control(
+        &self,
+        id: JobId,
+        action: JobAction,
+        actor: String,
+    ) -> Result<JobDetail, ApiError> {
         self.with(|inner| {
             match action {
                 JobAction::Pause => inner.farm.pause(id),
@@ -685,7 +695,10 @@ impl RenderFarm {
         let dir = self.jobs_dir.join(job.to_string());
         for f in outputs {
             if !valid_job_path(&f.path) {
-                return Err(format!("output path '{}' leaves the job's directory", f.path));
+                return Err(format!(
+                    "output path '{}' leaves the job's directory",
+                    f.path
+                ));
             }
             if self.blobs.size(&f.hash) != Some(f.size) {
                 return Err(format!("output '{}' was not uploaded", f.path));

@@ -99,7 +99,10 @@ impl Store {
                 .iter()
                 .map(|s| Vec::with_capacity(s.tasks))
                 .collect();
-            for t in tasks.range((id, 0, 0)..=(id, u32::MAX, u32::MAX)).map_err(db)? {
+            for t in tasks
+                .range((id, 0, 0)..=(id, u32::MAX, u32::MAX))
+                .map_err(db)?
+            {
                 let (k, v) = t.map_err(db)?;
                 let (_, step, task) = k.value();
                 let key = format!("{id}/{step}/{task}");
@@ -202,8 +205,12 @@ mod tests {
     fn a_job_missing_tasks_is_reported_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        s.write_render(&[(1, row(2))], &[((1, 0, 0), task(TaskState::Waiting))], &[])
-            .unwrap();
+        s.write_render(
+            &[(1, row(2))],
+            &[((1, 0, 0), task(TaskState::Waiting))],
+            &[],
+        )
+        .unwrap();
         assert!(matches!(
             s.render_jobs(),
             Err(StoreError::Corrupt {
