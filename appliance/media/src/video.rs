@@ -36,7 +36,7 @@ impl VideoWriter {
     /// Creates `path` for `width`x`height` frames (both even) at `fps`.
     pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Self, CodecError> {
         crate::codec::init()?;
-        if width % 2 != 0 || height % 2 != 0 || width == 0 || height == 0 {
+        if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width == 0 || height == 0 {
             return Err(CodecError::NoEncoder(format!(
                 "frames of {width}x{height}: H.264 in 4:2:0 needs even sizes"
             )));
