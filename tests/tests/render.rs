@@ -138,7 +138,6 @@ fn job_id(submit_stdout: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): the frames match Blender, but the assembled video decodes to 9 of 10 frames"]
 fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
@@ -343,7 +342,6 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
 }
 
 #[test]
-#[ignore = "open bug (issue 6): the job still fails once the bad node is blocklisted; under investigation"]
 fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());

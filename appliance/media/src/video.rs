@@ -118,6 +118,9 @@ impl VideoWriter {
             match self.enc.receive_packet(&mut p) {
                 Ok(()) => {
                     p.set_stream(0);
+                    // Each frame lasts one tick: without a duration MP4's edit list would
+                    // cut the last frame.
+                    p.set_duration(1);
                     if let Some(tb) = tb {
                         p.rescale_ts((1, self.fps), tb);
                     }
