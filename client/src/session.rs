@@ -46,6 +46,23 @@ pub enum SessionError {
     Api(#[from] ApiError),
 }
 
+impl SessionError {
+    /// Whether the appliance refused this client's certificate at the handshake (revoked,
+    /// or unknown): trying again will not help; pairing (or joining) again will.
+    pub fn is_refused(&self) -> bool {
+        let SessionError::Connection(quinn::ConnectionError::ConnectionClosed(c)) = self else {
+            return false;
+        };
+        [
+            ALERT_CERTIFICATE_REVOKED,
+            ALERT_UNKNOWN_CA,
+            ALERT_BAD_CERTIFICATE,
+        ]
+        .iter()
+        .any(|a| c.error_code == quinn::TransportErrorCode::crypto(*a))
+    }
+}
+
 /// A person's explanation of a connection failure.
 pub fn describe(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as C;

@@ -58,6 +58,12 @@ enum Command {
         /// Where inputs are cached and tasks run (default: <home>/cache).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// The appliance's address, instead of the one stored at join.
+        #[arg(long)]
+        appliance: Option<String>,
+        /// Exit when the parent process does (the appliance's own node).
+        #[arg(long)]
+        die_with_parent: bool,
     },
     /// Render frames of a Blender scene (used by the built-in Blender templates).
     Blender {
@@ -235,7 +241,19 @@ fn main() -> std::process::ExitCode {
             token,
             name,
         } => runtime().and_then(|rt| rt.block_on(join(home, appliance, token, name))),
-        Command::Run { tags, cache } => {
+        Command::Run {
+            tags,
+            cache,
+            appliance,
+            die_with_parent,
+        } => {
+            if die_with_parent {
+                #[allow(unsafe_code)]
+                // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                }
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("PERIPHERY_LOG")
@@ -243,7 +261,10 @@ fn main() -> std::process::ExitCode {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            home::load(&home).and_then(|creds| {
+            home::load(&home).and_then(|mut creds| {
+                if let Some(a) = appliance {
+                    creds.joined.address = a;
+                }
                 let node = run::Node {
                     cache: cache.unwrap_or_else(|| home.join("cache")),
                     caps: caps(tags),
@@ -256,6 +277,11 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<run::Refused>() => {
+            eprintln!("error: {e:#}");
+            // The appliance's own node rejoins on this code.
+            std::process::ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

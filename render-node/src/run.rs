@@ -3,7 +3,8 @@
 //! directory with a heartbeat every second (progress and new output lines; the answer may
 //! say stop), upload the outputs the appliance lacks, and report.
 //!
-//! A lost connection is retried with backoff while the task keeps running; if the lease
+//! A lost connection is retried with backoff (for two minutes a request) while the task keeps
+//! running, and finished work is reported once the appliance is back; if the lease
 //! expired meanwhile, the report is refused and the outputs are discarded by the appliance.
 
 use std::collections::HashSet;
@@ -27,6 +28,8 @@ use crate::home::Credentials;
 const SOFTWARE: &str = concat!("periphery-render-node ", env!("CARGO_PKG_VERSION"));
 /// Lines of output kept for the report.
 const TAIL: usize = 40;
+/// How long a request is retried while the appliance cannot be reached.
+const APPLIANCE_GRACE: Duration = Duration::from_secs(120);
 
 /// A joined node, ready to work.
 #[derive(Debug)]
@@ -46,12 +49,21 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// The appliance refused this node's certificate: it was revoked or forgotten.
+#[derive(Debug, thiserror::Error)]
+#[error("the appliance refused this node ({0}); join it again")]
+pub struct Refused(String);
+
 async fn connect(creds: &Credentials) -> anyhow::Result<Session> {
     let addr = periphery_client::session::resolve(&creds.joined.address)
         .await
         .with_context(|| format!("cannot resolve {}", creds.joined.address))?;
     let config = tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der)?;
-    Ok(Session::connect_as(addr, config, SOFTWARE).await?)
+    match Session::connect_as(addr, config, SOFTWARE).await {
+        Ok(s) => Ok(s),
+        Err(e) if e.is_refused() => Err(Refused(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The connection, re-made when it breaks.
@@ -61,26 +73,40 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Runs a request, reconnecting once when the connection is gone.
+    /// Runs a request. While the appliance cannot be reached (restarting, the network gone)
+    /// it tries again with backoff for up to [`APPLIANCE_GRACE`], so work finished meanwhile
+    /// is not lost to a restart; a refusal (an API error, a refused certificate) returns at
+    /// once.
     async fn request(&mut self, body: Request) -> anyhow::Result<Response> {
-        for _ in 0..2 {
-            if self.session.is_none() {
-                self.session = Some(connect(self.creds).await?);
-                tracing::info!("connected to the appliance");
-            }
-            let Some(s) = self.session.as_mut() else {
-                continue;
+        let give_up = tokio::time::Instant::now() + APPLIANCE_GRACE;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let failure = match self.session.as_mut() {
+                None => match connect(self.creds).await {
+                    Ok(s) => {
+                        tracing::info!("connected to the appliance");
+                        self.session = Some(s);
+                        continue;
+                    }
+                    Err(e) if e.is::<Refused>() => return Err(e),
+                    Err(e) => e,
+                },
+                Some(s) => match s.request(body.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(periphery_client::session::SessionError::Api(e)) => return Err(e.into()),
+                    Err(e) => {
+                        self.session = None;
+                        anyhow::Error::from(e)
+                    }
+                },
             };
-            match s.request(body.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(periphery_client::session::SessionError::Api(e)) => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "connection to the appliance lost");
-                    self.session = None;
-                }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(failure.context("the appliance cannot be reached"));
             }
+            tracing::warn!(error = %format!("{failure:#}"), retry_in = ?backoff, "the appliance cannot be reached");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        anyhow::bail!("the appliance cannot be reached")
     }
 }
 
@@ -91,7 +117,6 @@ impl Node {
             creds: &self.creds,
             session: None,
         };
-        let mut backoff = Duration::from_millis(500);
         loop {
             let work = NodeWork {
                 caps: self.caps.clone(),
@@ -102,17 +127,14 @@ impl Node {
             };
             match link.request(Request::NodeWork(work)).await {
                 Ok(Response::Work(w)) => {
-                    backoff = Duration::from_millis(500);
                     if let Some(t) = w.task {
                         self.run_task(&mut link, t).await;
                     }
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot ask for work");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(e) if e.is::<Refused>() => return Err(e),
+                // The link has tried for a while already; keep asking.
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot ask for work"),
             }
         }
     }
@@ -199,8 +221,12 @@ impl Node {
             outcome,
             log_tail: tail,
         };
-        if let Err(e) = link.request(Request::NodeTaskDone(done)).await {
-            tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
+        match link.request(Request::NodeTaskDone(done)).await {
+            Ok(_) => {}
+            Err(e) if e.is::<periphery_protocol::ApiError>() => {
+                tracing::warn!(error = %e, "the report was refused; the outputs are discarded")
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "the report is dropped"),
         }
         let _ = std::fs::remove_dir_all(&work);
     }

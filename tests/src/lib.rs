@@ -81,6 +81,9 @@ pub struct DaemonOptions {
     pub netns: Option<String>,
     /// Extra arguments to `serve`.
     pub extra: Vec<String>,
+    /// Let the appliance run its own render node (off in tests unless asked for, so each
+    /// test decides which nodes exist).
+    pub local_node: bool,
 }
 
 impl Daemon {
@@ -107,6 +110,9 @@ impl Daemon {
         ]);
         if !opts.discovery {
             args.push("--no-discovery".into());
+        }
+        if !opts.local_node {
+            args.push("--no-local-node".into());
         }
         args.extend(opts.extra.iter().cloned());
         let log = std::fs::OpenOptions::new()

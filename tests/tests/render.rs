@@ -63,8 +63,39 @@ impl Drop for Node {
     }
 }
 
+/// A daemon whose silent nodes lose their lease after 5 s (30 s by default).
 fn daemon(dir: &Path) -> Daemon {
-    Daemon::start(&dir.join("state"), DaemonOptions::default())
+    daemon_on(dir, None, 5)
+}
+
+fn daemon_on(dir: &Path, listen: Option<String>, lease_secs: u64) -> Daemon {
+    Daemon::start(
+        &dir.join("state"),
+        DaemonOptions {
+            listen,
+            config: Some(format!("[render]\nlease_timeout_secs = {lease_secs}\n")),
+            ..Default::default()
+        },
+    )
+}
+
+/// The line of `render show` for a task, e.g. `Run[1]`.
+fn task_line(d: &Daemon, job: u64, task: &str) -> String {
+    let show = d.ok(&["render", "show", &job.to_string()]);
+    show.lines()
+        .find(|l| l.trim_start().starts_with(task))
+        .unwrap_or_else(|| panic!("no {task} in {show}"))
+        .to_owned()
+}
+
+fn watch_ok(d: &Daemon, job: u64) {
+    let watched = d.cli(&["render", "watch", &job.to_string()]);
+    assert!(
+        watched.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&watched.stdout),
+        String::from_utf8_lossy(&watched.stderr)
+    );
 }
 
 /// Waits until `n` nodes are idle or busy in `render nodes`.
@@ -231,7 +262,7 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
     });
     a.kill();
     let _b = Node::start(&d, dir.path(), "b", None);
-    // After the lease (30 s) the task waits again and b takes it.
+    // After the lease (5 s here) the task waits again and b takes it.
     let watched = d.cli(&["render", "watch", &job.to_string()]);
     assert!(
         watched.status.success(),
@@ -333,12 +364,24 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
         show.contains("error:"),
         "the renderer's output is attached: {show}"
     );
-    let watched = d.cli(&["render", "watch", &good.to_string()]);
+    watch_ok(&d, good);
+    // A template whose renderer this node does not have: the task fails with the reason.
+    let template = dir.path().join("maya.yaml");
+    std::fs::write(
+        &template,
+        "specificationVersion: jobtemplate-2023-09\nname: maya\nsteps:\n  - name: Render\n    script:\n      actions:\n        onRun:\n          command: no-such-renderer\n",
+    )
+    .unwrap();
+    let maya = job_id(&d.ok(&["render", "submit", template.to_str().unwrap(), "--no-wait"]));
+    let watched = d.cli(&["render", "watch", &maya.to_string()]);
+    assert!(!watched.status.success());
+    let line = task_line(&d, maya, "Render[0]");
     assert!(
-        watched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&watched.stdout)
+        line.contains("failed") && line.contains("failures 3"),
+        "{line}"
     );
+    let show = d.ok(&["render", "show", &maya.to_string()]);
+    assert!(show.contains("cannot run no-such-renderer"), "{show}");
 }
 
 #[test]
@@ -385,4 +428,166 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
         "{}",
         String::from_utf8_lossy(&watched.stdout)
     );
+}
+
+#[test]
+fn a_frozen_node_reporting_after_its_lease_expired_is_refused_and_its_output_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let mut a = Node::start(&d, dir.path(), "a", None);
+    wait_nodes(&d, 1);
+    let marker = dir.path().join("first");
+    let cmd = format!(
+        "if mkdir {m} 2>/dev/null; then sleep 8; echo late > out/f.txt; else echo on-time > out/f.txt; fi",
+        m = marker.display()
+    );
+    let job = job_id(&d.ok(&["render", "submit", &cmd, "--command", "--no-wait"]));
+    wait_for("the task to start on a", Duration::from_secs(30), || {
+        marker.exists().then_some(())
+    });
+    let pid = a.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _b = Node::start(&d, dir.path(), "b", None);
+    watch_ok(&d, job);
+    let out = dir
+        .path()
+        .join(format!("state/render/jobs/{job}/out/f.txt"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "on-time\n");
+    // a wakes up after its command finished: whatever it says now is refused.
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let log = dir.path().join("a.log");
+    wait_for(
+        "a to hear that its lease is gone",
+        Duration::from_secs(30),
+        || {
+            let l = std::fs::read_to_string(&log).unwrap_or_default();
+            (l.contains("the report was refused") || l.contains("task stopped by the appliance"))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "on-time\n",
+        "the late output was discarded"
+    );
+    assert!(task_line(&d, job, "Run[0]").contains(" done "));
+    a.kill();
+}
+
+#[test]
+fn the_supervisor_killed_mid_job_goes_on_without_losing_or_repeating_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    // Longer than a node takes to notice the appliance is back (a QUIC handshake to a dead
+    // address gives up after 10 s).
+    let lease = 25;
+    let d = daemon_on(dir.path(), None, lease);
+    let addr = d.address();
+    let _n1 = Node::start(&d, dir.path(), "n1", None);
+    let _n2 = Node::start(&d, dir.path(), "n2", None);
+    wait_nodes(&d, 2);
+    let runs = dir.path().join("runs.log");
+    let cmd = format!(
+        "sleep 0.5; echo $1 > out/$1.txt; echo $1 >> {}",
+        runs.display()
+    );
+    let job = job_id(&d.ok(&[
+        "render",
+        "submit",
+        &cmd,
+        "--command",
+        "--frames",
+        "1-10",
+        "--no-wait",
+    ]));
+    wait_for("some frames done", Duration::from_secs(30), || {
+        let n = std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        (n >= 2).then_some(())
+    });
+    d.kill();
+    let d = daemon_on(dir.path(), Some(addr), lease);
+    watch_ok(&d, job);
+    let mut ran: Vec<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    let want: Vec<String> = {
+        let mut w: Vec<String> = (1..=10).map(|f| format!("{f}-{f}")).collect();
+        w.sort();
+        w
+    };
+    assert_eq!(ran, want, "every frame ran exactly once across the restart");
+    for f in 1..=10 {
+        let out = dir
+            .path()
+            .join(format!("state/render/jobs/{job}/out/{f}-{f}.txt"));
+        assert!(
+            out.is_file(),
+            "frame {f}'s output is in the job's directory"
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_the_running_command_on_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let _n = Node::start(&d, dir.path(), "n", None);
+    wait_nodes(&d, 1);
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+    let job = job_id(&d.ok(&["render", "submit", &cmd, "--command", "--no-wait"]));
+    let pid = wait_for("the command to run", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+    });
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    d.ok(&["render", "cancel", &job.to_string()]);
+    wait_for("the command to be killed", Duration::from_secs(15), || {
+        let gone = std::fs::read_to_string(proc_dir.join("stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true);
+        gone.then_some(())
+    });
+    wait_for("the job to be canceled", Duration::from_secs(15), || {
+        d.ok(&["render", "list"]).contains("canceled").then_some(())
+    });
+}
+
+#[test]
+fn the_appliance_runs_a_render_node_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("state"),
+        DaemonOptions {
+            local_node: true,
+            ..Default::default()
+        },
+    );
+    assert!(d.ok(&["status"]).contains("render node   on"));
+    wait_nodes(&d, 1);
+    assert!(d.ok(&["render", "nodes"]).contains("local"));
+    let job = job_id(&d.ok(&[
+        "render",
+        "submit",
+        "echo hi > out/hi.txt",
+        "--command",
+        "--no-wait",
+    ]));
+    watch_ok(&d, job);
+    assert!(task_line(&d, job, "Run[0]").contains(" done "));
 }

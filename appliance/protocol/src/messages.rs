@@ -861,6 +861,8 @@ pub struct StatusReport {
     /// Input events dropped at the session gate since start (an older epoch after a
     /// handoff, a viewer, a co-controller without the floor).
     pub input_dropped_at_gate: u64,
+    /// Whether the appliance runs a render node of its own, and if not why.
+    pub local_render_node: String,
 }
 
 /// A monitor being streamed.

@@ -30,7 +30,8 @@ pub type Millis = u64;
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Failures of one job's tasks on one node before the node is blocklisted for the job.
 pub const BLOCKLIST_AFTER: u32 = 3;
-/// Silence after which a node is lost and its lease expires.
+/// Silence after which a node is lost and its lease expires, unless the farm is made with
+/// another ([`Farm::with_node_timeout`]).
 pub const NODE_TIMEOUT: Millis = 30_000;
 /// The default job priority (0-100).
 pub const DEFAULT_PRIORITY: u8 = 50;
@@ -284,13 +285,27 @@ pub enum FarmError {
 }
 
 /// The farm.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Farm {
     jobs: BTreeMap<JobId, Job>,
     nodes: BTreeMap<String, Node>,
     next_job: JobId,
     changes: Changes,
     examined: u64,
+    node_timeout: Millis,
+}
+
+impl Default for Farm {
+    fn default() -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            next_job: 0,
+            changes: Changes::default(),
+            examined: 0,
+            node_timeout: NODE_TIMEOUT,
+        }
+    }
 }
 
 impl Step {
@@ -364,8 +379,14 @@ impl Farm {
         Self::default()
     }
 
+    /// The same farm, losing nodes after `timeout` of silence instead of [`NODE_TIMEOUT`].
+    pub fn with_node_timeout(mut self, timeout: Millis) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
     /// A farm from stored jobs (`(id, meta, tasks per step)`), after a restart at `now`.
-    /// Tasks that were running keep their lease: their node has [`NODE_TIMEOUT`] from `now`
+    /// Tasks that were running keep their lease: their node has the node timeout from `now`
     /// to come back and report, else the tasks wait again.
     pub fn restore(
         now: Millis,
@@ -565,13 +586,13 @@ impl Farm {
         self.nodes.remove(id);
     }
 
-    /// Nodes silent for [`NODE_TIMEOUT`] are lost; their leases expire and their tasks wait
+    /// Nodes silent for the node timeout are lost; their leases expire and their tasks wait
     /// again. Returns them.
     pub fn tick(&mut self, now: Millis) -> Vec<String> {
         let lost: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| now.saturating_sub(n.last_seen) >= NODE_TIMEOUT)
+            .filter(|(_, n)| now.saturating_sub(n.last_seen) >= self.node_timeout)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &lost {

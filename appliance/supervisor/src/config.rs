@@ -37,6 +37,20 @@ pub struct FileConfig {
     /// `[streaming]`.
     #[serde(default)]
     pub streaming: StreamingFile,
+    /// `[render]`.
+    #[serde(default)]
+    pub render: RenderFile,
+}
+
+/// `[render]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderFile {
+    /// Seconds a render node may stay silent before its lease expires and its task runs
+    /// elsewhere.
+    pub lease_timeout_secs: Option<u64>,
+    /// Whether the appliance runs a render node of its own.
+    pub local_node: Option<bool>,
 }
 
 /// `[streaming]` table.
@@ -103,6 +117,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `--log-level` / `PERIPHERY_LOG`.
     pub log_level: Option<String>,
+    /// `--no-local-node`.
+    pub no_local_node: bool,
 }
 
 /// Log output format.
@@ -141,6 +157,10 @@ pub struct Config {
     pub workstations: WorkstationSettings,
     /// Captured frames kept per streamed monitor (diagnostics).
     pub keep_source_frames: usize,
+    /// How long a silent render node keeps its lease.
+    pub lease_timeout: Duration,
+    /// Whether the appliance runs a render node of its own.
+    pub local_node: bool,
 }
 
 /// A configuration value is wrong; names the key.
@@ -337,7 +357,17 @@ impl Config {
                 format!("{keep_source_frames} is outside 0..=240"),
             ));
         }
+        let lease_secs = file.render.lease_timeout_secs.unwrap_or(30);
+        if !(2..=3600).contains(&lease_secs) {
+            return Err(invalid(
+                "render.lease_timeout_secs",
+                format!("{lease_secs} is outside 2..=3600"),
+            ));
+        }
+        let local_node = !over.no_local_node && file.render.local_node.unwrap_or(true);
         Ok(Config {
+            lease_timeout: Duration::from_secs(lease_secs),
+            local_node,
             workstations,
             keep_source_frames,
             state_dir,
@@ -415,6 +445,8 @@ mod tests {
             e.to_string().contains("streaming.keep_source_frames"),
             "{e}"
         );
+        let e = build("[render]\nlease_timeout_secs = 1", Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("render.lease_timeout_secs"), "{e}");
     }
 
     #[test]

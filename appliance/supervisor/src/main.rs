@@ -92,6 +92,9 @@ struct ServeArgs {
     /// Log filter, e.g. info or periphery=debug.
     #[arg(long, env = "PERIPHERY_LOG")]
     log_level: Option<String>,
+    /// Do not run a render node on the appliance itself.
+    #[arg(long)]
+    no_local_node: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 no_discovery: a.no_discovery,
                 log_format: a.log_format,
                 log_level: a.log_level,
+                no_local_node: a.no_local_node,
             };
             let config = Config::from_parts(state_dir, default_name(), file, over)?;
             init_logging(&config);
@@ -377,6 +381,7 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
     println!("  fingerprint   {}", s.fingerprint);
     println!("  discovery     {}", s.discovery);
     println!("  state         {}", s.state_dir);
+    println!("  render node   {}", s.local_render_node);
     println!("users ({})", s.users.len());
     for u in &s.users {
         println!("  {:<20} {:<6} devices {}", u.name, u.role, u.devices);

@@ -118,7 +118,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));
-    let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx));
+    let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx.clone()));
+    let local_node = if !config.local_node {
+        *app.render
+            .local_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = "off (configured)".into();
+        None
+    } else if let Some(bin) = crate::render::local::node_binary() {
+        *app.render
+            .local_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = "on".into();
+        let a = app.clone();
+        Some(tokio::spawn(crate::render::local::run(
+            bin,
+            config.state_dir.join("local-node"),
+            bound,
+            move || a.issue_node_token(),
+            rx,
+        )))
+    } else {
+        tracing::warn!("no periphery-render-node next to periphery: the appliance runs no render node of its own");
+        *app.render
+            .local_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            "off: periphery-render-node is not installed next to periphery".into();
+        None
+    };
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -134,6 +162,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tx.send(true);
     let _ = quic.await;
     let _ = admin_task.await;
+    if let Some(l) = local_node {
+        let _ = l.await;
+    }
     supervise.abort();
     workstations.stop_all().await;
     Ok(())

@@ -370,6 +370,7 @@ impl Appliance {
         let render = Arc::new(crate::render::RenderFarm::open(
             store.clone(),
             &config.state_dir,
+            config.lease_timeout,
         )?);
         Ok(Self {
             render,
@@ -813,6 +814,7 @@ impl Appliance {
             state_dir: self.config.state_dir.display().to_string(),
             streams,
             input_dropped_at_gate: self.streaming.dropped_at_gate(),
+            local_render_node: lock(&self.render.local_node).clone(),
         }))
     }
 }

@@ -18,6 +18,19 @@ use crate::limits::Subject;
 const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Appliance {
+    /// A new join token, `<secret>.<fingerprint hex>`, good for [`TOKEN_TTL`].
+    pub fn issue_node_token(&self) -> String {
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let secret = hex::encode(raw);
+        let now = Instant::now();
+        let mut tokens = lock(&self.node_tokens);
+        tokens.retain(|(_, exp)| *exp > now);
+        tokens.push((secret.clone(), now + TOKEN_TTL));
+        let fp = self.identity.fingerprint();
+        format!("{secret}.{}", fp.trim_start_matches("sha256:"))
+    }
+
     /// The user a render request acts for, and whether the caller may see every job.
     fn render_user(caller: &Caller) -> (String, bool) {
         match caller {
@@ -141,22 +154,13 @@ impl Appliance {
             }
             Request::RenderNodes => Ok(Response::RenderNodes(self.node_infos().await?)),
             Request::RenderNodeToken => {
-                let mut raw = [0u8; 16];
-                rand::rngs::OsRng.fill_bytes(&mut raw);
-                let secret = hex::encode(raw);
-                {
-                    let now = Instant::now();
-                    let mut tokens = lock(&self.node_tokens);
-                    tokens.retain(|(_, exp)| *exp > now);
-                    tokens.push((secret.clone(), now + TOKEN_TTL));
-                }
+                let token = self.issue_node_token();
                 let a = audit(actor, "node-token", "render node join token issued".into());
                 self.blocking(move |s| s.audit(&a))
                     .await
                     .map_err(internal)?;
-                let fp = self.identity.fingerprint();
                 Ok(Response::NodeToken {
-                    token: format!("{secret}.{}", fp.trim_start_matches("sha256:")),
+                    token,
                     expires_in_secs: TOKEN_TTL.as_secs(),
                 })
             }

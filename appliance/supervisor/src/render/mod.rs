@@ -8,10 +8,11 @@
 //!
 //! Time is Unix milliseconds, so stored leases and submission times mean the same after a
 //! restart; [`RenderFarm::open`] rebuilds the farm from the store, and tasks that were running
-//! keep their lease for [`NODE_TIMEOUT`](periphery_render::farm::NODE_TIMEOUT) so their nodes
-//! can report them.
+//! keep their lease for the lease timeout (`[render] lease_timeout_secs`) so their nodes can
+//! report them.
 
 pub mod blobs;
+pub mod local;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -89,6 +90,8 @@ pub struct RenderFarm {
     pub blobs: Blobs,
     jobs_dir: PathBuf,
     work: tokio::sync::Notify,
+    /// Whether the appliance's own node runs, or why not.
+    pub local_node: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,7 +160,11 @@ fn state_name(s: &TaskState) -> &'static str {
 impl RenderFarm {
     /// The farm as the store left it; files under `state_dir/blobs`, outputs under
     /// `state_dir/render/jobs/<id>`.
-    pub fn open(store: Arc<Store>, state_dir: &std::path::Path) -> Result<Self, StoreError> {
+    pub fn open(
+        store: Arc<Store>,
+        state_dir: &std::path::Path,
+        lease_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let stored = store.render_jobs()?;
         let mut jobs = BTreeMap::new();
         let mut rows = Vec::new();
@@ -193,7 +200,8 @@ impl RenderFarm {
                     .collect(),
             ));
         }
-        let farm = Farm::restore(now_ms(), rows);
+        let farm =
+            Farm::restore(now_ms(), rows).with_node_timeout(lease_timeout.as_millis() as Millis);
         if !jobs.is_empty() {
             tracing::info!(jobs = jobs.len(), "render farm restored");
         }
@@ -207,6 +215,7 @@ impl RenderFarm {
             blobs: Blobs::new(state_dir.join("blobs")),
             jobs_dir: state_dir.join("render").join("jobs"),
             work: tokio::sync::Notify::new(),
+            local_node: Mutex::new("starting".into()),
         })
     }
 
