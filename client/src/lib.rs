@@ -5,7 +5,10 @@
 //!   against a known fingerprint) and pinned (the appliance CA, with a client certificate)
 //!   QUIC configurations;
 //! - [`session`]: a control-stream session: connect, Hello/Welcome, requests matched to their
-//!   responses, notices queued.
+//!   responses, notices queued;
+//! - [`render_cli`]: the `render …` commands both CLIs offer (the admin CLI over its socket,
+//!   the tablet over QUIC), over any [`render_cli::Requester`].
 
+pub mod render_cli;
 pub mod session;
 pub mod tls;

@@ -174,24 +174,13 @@ impl Node {
         Ok(path)
     }
 
-    /// Uploads `path` unless the appliance has it.
+    /// Uploads `path` (the appliance lacks it).
     async fn upload(&self, link: &mut Link<'_>, path: &Path, hash: &str) -> anyhow::Result<()> {
         let data = std::fs::read(path)?;
-        let mut offset = 0;
-        loop {
-            let end = (offset + MAX_BLOB_CHUNK).min(data.len());
-            link.request(Request::BlobPut {
-                hash: hash.to_owned(),
-                offset: offset as u64,
-                data: data[offset..end].to_vec(),
-                last: end == data.len(),
-            })
-            .await?;
-            if end == data.len() {
-                return Ok(());
-            }
-            offset = end;
+        for chunk in periphery_client::render_cli::blob_chunks(hash, &data) {
+            link.request(chunk).await?;
         }
+        Ok(())
     }
 
     async fn run_task(&self, link: &mut Link<'_>, t: TaskAssignment) {

@@ -32,6 +32,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Render jobs: submit, watch, control (the same commands as `periphery render`).
+    #[command(subcommand)]
+    Render(periphery_client::render_cli::RenderCommand),
     /// Find appliances on the LAN (mDNS/DNS-SD).
     Discover {
         /// How long to listen, in seconds.
@@ -564,6 +567,12 @@ async fn run(home: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
                 print_offer(o);
             }
             s.close().await;
+        }
+        Command::Render(c) => {
+            let mut s = connect(&home).await?;
+            let r = periphery_client::render_cli::run(&mut s, c).await;
+            s.close().await;
+            r?;
         }
         Command::History { name } => {
             let mut s = connect(&home).await?;

@@ -591,3 +591,81 @@ fn the_appliance_runs_a_render_node_of_its_own() {
     watch_ok(&d, job);
     assert!(task_line(&d, job, "Run[0]").contains(" done "));
 }
+
+#[test]
+fn a_job_submitted_from_inside_a_workstation_belongs_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let periphery = bin("periphery").display().to_string();
+    let session = format!(
+        "{periphery} status > $HOME/status.log 2>&1; \
+         {periphery} render submit 'echo inside > out/w.txt' --command > $HOME/submit.log 2>&1"
+    );
+    let config =
+        format!("[workstations]\nwindow_manager = []\nsession = [\"sh\", \"-c\", {session:?}]\n");
+    let d = Daemon::start(
+        &dir.path().join("state"),
+        DaemonOptions {
+            config: Some(config),
+            ..Default::default()
+        },
+    );
+    d.ok(&["user", "add", "alice", "--no-password"]);
+    let _n = Node::start(&d, dir.path(), "n", None);
+    wait_nodes(&d, 1);
+    d.create_ws("alice", "design", "640x480");
+    d.ok(&["ws", "start", "design"]);
+    let homes = dir.path().join("state/homes");
+    let log = wait_for(
+        "the session's submit to finish",
+        Duration::from_secs(60),
+        || {
+            let home = std::fs::read_dir(&homes).ok()?.next()?.ok()?.path();
+            let log = std::fs::read_to_string(home.join("submit.log")).ok()?;
+            log.contains("outputs in").then_some((home, log))
+        },
+    );
+    let (home, submit) = log;
+    let job = job_id(&submit);
+    let list = d.ok(&["render", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("job {job} ")) && l.ends_with("(alice)")),
+        "the job is alice's: {list}"
+    );
+    let out = dir
+        .path()
+        .join(format!("state/render/jobs/{job}/out/w.txt"));
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "inside\n");
+    let status = std::fs::read_to_string(home.join("status.log")).unwrap();
+    assert!(
+        status.contains("not available from inside a workstation"),
+        "the session socket runs render jobs only: {status}"
+    );
+}
+
+#[test]
+fn a_tablet_queues_and_watches_jobs_of_its_own_user_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    for u in ["alice", "bob"] {
+        d.ok(&["user", "add", u, "--no-password"]);
+    }
+    let alice = periphery_e2e::Tablet::paired(&d, &dir.path().join("ta"), "ta", "alice");
+    let bob = periphery_e2e::Tablet::paired(&d, &dir.path().join("tb"), "tb", "bob");
+    let _n = Node::start(&d, dir.path(), "n", None);
+    wait_nodes(&d, 1);
+    let submitted = alice.ok(&["render", "submit", "echo a > out/a.txt", "--command"]);
+    let job = job_id(&submitted);
+    assert!(
+        submitted.contains("outputs in"),
+        "watched to the end: {submitted}"
+    );
+    assert!(alice
+        .ok(&["render", "list"])
+        .contains(&format!("job {job} ")));
+    assert!(!bob.ok(&["render", "list"]).contains(&format!("job {job} ")));
+    let err = bob.fails(&["render", "show", &job.to_string()]);
+    assert!(err.contains("belongs to another user"), "{err}");
+    let err = bob.fails(&["render", "node-token"]);
+    assert!(err.contains("administrator"), "{err}");
+}

@@ -75,6 +75,7 @@ fn a_full_screen_window_extends_the_desktop_shows_it_and_sends_input() {
             session: vec!["sleep".into(), "3600".into()],
             start_timeout: Duration::from_secs(20),
             cgroup: None,
+            env: Vec::new(),
         },
         &[size],
     )

@@ -1,8 +1,13 @@
-//! The local admin socket: `<state>/admin.sock`, mode 0600, in a 0700 state directory.
+//! The local sockets: `<state>/admin.sock` (mode 0600) and `<state>/session.sock` (0666).
 //!
-//! The server side accepts connections from the state directory's owner (or root) and serves
-//! them as [`Caller::LocalAdmin`](crate::appliance::Caller::LocalAdmin) through the same
-//! control loop as QUIC. The client side is what the admin CLI commands use.
+//! The admin socket accepts connections from the state directory's owner (or root) and serves
+//! them as [`Caller::LocalAdmin`](crate::appliance::Caller::LocalAdmin). The session socket is
+//! what a workstation's own processes reach (`PERIPHERY_SOCKET` in their environment): a peer
+//! is taken to be the owner of the workstation its process belongs to (the marker in its
+//! environment, and the uid that workstation runs as, must both say so), and may run render
+//! requests as that user ([`Caller::Session`](crate::appliance::Caller::Session)). Both are
+//! served by the same control loop as QUIC. The client side is what the CLI commands use;
+//! it dials `PERIPHERY_SOCKET` when that is set (inside a workstation), else the admin socket.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,9 +25,14 @@ use periphery_protocol::{
 use crate::appliance::{Appliance, Caller, Conversation};
 use crate::control;
 
-/// The socket's path in a state directory.
+/// The admin socket's path in a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("admin.sock")
+}
+
+/// The session socket's path in a state directory.
+pub fn session_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("session.sock")
 }
 
 /// Why the socket could not be set up.
@@ -44,7 +54,15 @@ pub enum BindAdminError {
 
 /// Binds the admin socket, replacing a stale one left by a crash.
 pub async fn bind(state_dir: &Path) -> Result<UnixListener, BindAdminError> {
-    let path = socket_path(state_dir);
+    bind_at(socket_path(state_dir), 0o600).await
+}
+
+/// Binds the session socket (anyone may connect; who they are is checked per connection).
+pub async fn bind_sessions(state_dir: &Path) -> Result<UnixListener, BindAdminError> {
+    bind_at(session_socket_path(state_dir), 0o666).await
+}
+
+async fn bind_at(path: PathBuf, mode: u32) -> Result<UnixListener, BindAdminError> {
     let io = |source| BindAdminError::Io {
         path: path.clone(),
         source,
@@ -56,14 +74,41 @@ pub async fn bind(state_dir: &Path) -> Result<UnixListener, BindAdminError> {
         std::fs::remove_file(&path).map_err(io)?;
     }
     let l = UnixListener::bind(&path).map_err(io)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     Ok(l)
 }
 
-/// Serves admin connections until `shutdown` turns true.
+/// Which socket is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `admin.sock`: the state directory's owner or root, as the local administrator.
+    Admin,
+    /// `session.sock`: a workstation's processes, as its owner.
+    Session,
+}
+
+/// Who a peer of a session socket is: the owner of the workstation its process belongs to.
+async fn session_caller(app: &Appliance, pid: Option<i32>, uid: u32) -> Option<Caller> {
+    let id = app.workstations.workstation_of_process(pid?)?;
+    let rec = app.workstations.record(&id).await?;
+    if uid != 0 && uid != app.workstations.process_uid(&rec) {
+        // A process claiming another workstation's marker.
+        return None;
+    }
+    let u = rec.user.clone();
+    let role = app.blocking(move |s| s.user(&u)).await.ok().flatten()?.role;
+    Some(Caller::Session {
+        user: rec.user,
+        role,
+        ws: rec.name,
+    })
+}
+
+/// Serves connections on `listener` until `shutdown` turns true.
 pub async fn run(
     app: Arc<Appliance>,
     listener: UnixListener,
+    kind: SocketKind,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let owner = std::fs::metadata(&app.config.state_dir)
@@ -80,31 +125,44 @@ pub async fn run(
             },
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        let uid = match stream.peer_cred() {
-            Ok(c) => c.uid(),
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (c.uid(), c.pid()),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read admin peer credentials");
+                tracing::warn!(error = %e, "cannot read local peer credentials");
                 continue;
             }
         };
-        if uid != 0 && uid != owner {
-            tracing::warn!(uid, "refused an admin connection from another user");
-            continue;
-        }
         let app = app.clone();
-        let span = tracing::info_span!("admin", uid);
+        let span = tracing::info_span!("local", ?kind, uid);
         tokio::spawn(
             async move {
+                let caller = match kind {
+                    SocketKind::Admin if uid == 0 || uid == owner => Caller::LocalAdmin { uid },
+                    SocketKind::Admin => {
+                        tracing::warn!("refused an admin connection from another user");
+                        return;
+                    }
+                    SocketKind::Session => match session_caller(&app, pid, uid).await {
+                        Some(c) => c,
+                        None => {
+                            tracing::warn!(?pid, "refused a session-socket peer that is no workstation's");
+                            return;
+                        }
+                    },
+                };
                 let (r, w) = stream.into_split();
-                let mut conv = Conversation::new(Caller::LocalAdmin { uid });
+                let mut conv = Conversation::new(caller);
                 if let Err(e) = control::serve(&app, &mut conv, r, w).await {
-                    tracing::warn!(error = %e, reason = %e.reason(), "admin connection ended badly");
+                    tracing::warn!(error = %e, reason = %e.reason(), "local connection ended badly");
                 }
             }
             .instrument(span),
         );
     }
-    let _ = std::fs::remove_file(socket_path(&app.config.state_dir));
+    let _ = std::fs::remove_file(match kind {
+        SocketKind::Admin => socket_path(&app.config.state_dir),
+        SocketKind::Session => session_socket_path(&app.config.state_dir),
+    });
 }
 
 /// Why an admin request could not be made.
@@ -142,7 +200,9 @@ pub struct AdminClient {
 impl AdminClient {
     /// Connects and says hello.
     pub async fn connect(state_dir: &Path) -> Result<Self, AdminClientError> {
-        let path = socket_path(state_dir);
+        let path = std::env::var_os("PERIPHERY_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| socket_path(state_dir));
         let stream = UnixStream::connect(&path)
             .await
             .map_err(|source| AdminClientError::Connect { path, source })?;
@@ -205,5 +265,15 @@ impl AdminClient {
             ServerMessage::Response { id: rid, body } if rid == id => Ok(body?),
             other => Err(AdminClientError::Protocol(format!("{other:?}"))),
         }
+    }
+}
+
+impl periphery_client::render_cli::Requester for AdminClient {
+    type Error = AdminClientError;
+    fn request(
+        &mut self,
+        body: Request,
+    ) -> impl std::future::Future<Output = Result<Response, Self::Error>> {
+        AdminClient::request(self, body)
     }
 }

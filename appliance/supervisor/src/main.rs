@@ -13,7 +13,6 @@ mod identity;
 mod limits;
 mod quic;
 mod render;
-mod render_cli;
 mod serve;
 mod store;
 mod streaming;
@@ -60,7 +59,7 @@ enum Command {
     Ws(WsCommand),
     /// Render jobs and nodes.
     #[command(subcommand)]
-    Render(render_cli::RenderCommand),
+    Render(periphery_client::render_cli::RenderCommand),
     /// Show the audit log.
     Audit {
         /// Show at most this many entries.
@@ -322,7 +321,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(c) => user(&state_dir, c).await,
         Command::Device(c) => device(&state_dir, c).await,
         Command::Ws(c) => ws(&state_dir, c).await,
-        Command::Render(c) => render_cli::render(&state_dir, c).await,
+        Command::Render(c) => {
+            let mut admin = AdminClient::connect(&state_dir).await?;
+            Ok(periphery_client::render_cli::run(&mut admin, c).await?)
+        }
         Command::Audit { limit } => {
             let mut c = AdminClient::connect(&state_dir).await?;
             let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {

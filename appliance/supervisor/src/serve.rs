@@ -38,6 +38,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let admin_listener = admin::bind(dir).await?;
+    let session_listener = admin::bind_sessions(dir).await?;
     // The endpoint needs the allow-list, the appliance needs the bound addresses: build the
     // appliance with the configured address first, then bind.
     // Workstation homes live below the state directory and belong to their own uids, which
@@ -118,7 +119,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));
-    let admin_task = tokio::spawn(admin::run(app.clone(), admin_listener, rx.clone()));
+    let admin_task = tokio::spawn(admin::run(
+        app.clone(),
+        admin_listener,
+        admin::SocketKind::Admin,
+        rx.clone(),
+    ));
+    let session_task = tokio::spawn(admin::run(
+        app.clone(),
+        session_listener,
+        admin::SocketKind::Session,
+        rx.clone(),
+    ));
     let local_node = if !config.local_node {
         *app.render
             .local_node
@@ -162,6 +174,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tx.send(true);
     let _ = quic.await;
     let _ = admin_task.await;
+    let _ = session_task.await;
     if let Some(l) = local_node {
         let _ = l.await;
     }

@@ -146,6 +146,26 @@ impl Workstations {
         format!("{}/{id}", self.instance)
     }
 
+    /// The id of this appliance's workstation that process `pid` belongs to, by the marker
+    /// in its environment.
+    pub fn workstation_of_process(&self, pid: i32) -> Option<String> {
+        let marker = periphery_workstation::procs::marker_of(pid)?;
+        Some(
+            marker
+                .strip_prefix(&format!("{}/", self.instance))?
+                .to_owned(),
+        )
+    }
+
+    /// The uid a workstation's processes run as: its own as root, else the supervisor's.
+    pub fn process_uid(&self, rec: &WorkstationRecord) -> u32 {
+        if self.as_root {
+            rec.uid
+        } else {
+            rustix::process::geteuid().as_raw()
+        }
+    }
+
     /// A workstation's home directory.
     pub fn home(&self, rec: &WorkstationRecord) -> PathBuf {
         self.state_dir.join("homes").join(&rec.id)
@@ -193,6 +213,13 @@ impl Workstations {
             session: self.settings.session.clone(),
             start_timeout: Duration::from_secs(30),
             cgroup: self.cgroup(rec),
+            // `periphery render …` inside the session reaches the appliance as its owner.
+            env: vec![(
+                "PERIPHERY_SOCKET".into(),
+                crate::admin::session_socket_path(&self.state_dir)
+                    .display()
+                    .to_string(),
+            )],
         }
     }
 

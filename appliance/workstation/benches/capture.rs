@@ -45,6 +45,7 @@ fn main() {
             session: vec![],
             start_timeout: Duration::from_secs(20),
             cgroup: None,
+            env: Vec::new(),
         },
         &["1920x1080".parse().unwrap()],
     )

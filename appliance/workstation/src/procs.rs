@@ -14,21 +14,23 @@ use rustix::process::{kill_process, Pid, Signal};
 /// The environment variable that marks a workstation's processes.
 pub const MARKER_VAR: &str = "PERIPHERY_WORKSTATION";
 
+/// The workstation marker in process `pid`'s environment, if it has one.
+pub fn marker_of(pid: i32) -> Option<String> {
+    let needle = format!("{MARKER_VAR}=");
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let kv = env
+        .split(|b| *b == 0)
+        .find(|kv| kv.starts_with(needle.as_bytes()))?;
+    Some(String::from_utf8_lossy(&kv[needle.len()..]).into_owned())
+}
+
 /// Live processes whose marker starts with `prefix`, with their marker.
 pub fn marked_with_prefix(prefix: &str) -> Vec<(i32, String)> {
-    let needle = format!("{MARKER_VAR}={prefix}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let kv = env
-                .split(|b| *b == 0)
-                .find(|kv| kv.starts_with(needle.as_bytes()))?;
-            let marker = String::from_utf8_lossy(&kv[MARKER_VAR.len() + 1..]).into_owned();
-            Some((pid, marker))
-        })
+        .filter_map(|pid| Some((pid, marker_of(pid).filter(|m| m.starts_with(prefix))?)))
         .filter(|(pid, _)| !is_zombie(*pid))
         .collect()
 }

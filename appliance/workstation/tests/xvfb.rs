@@ -43,6 +43,7 @@ fn options(dir: &Path, marker: &str, session: &[&str]) -> XvfbOptions {
         session: session.iter().map(|s| s.to_string()).collect(),
         start_timeout: Duration::from_secs(20),
         cgroup: None,
+        env: Vec::new(),
     }
 }
 

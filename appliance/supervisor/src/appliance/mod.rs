@@ -60,6 +60,15 @@ pub enum Caller {
         /// Its user's role.
         role: Role,
     },
+    /// A process inside one of `user`'s workstations, on the session socket.
+    Session {
+        /// The workstation's owner.
+        user: String,
+        /// Their role.
+        role: Role,
+        /// The workstation's name.
+        ws: String,
+    },
     /// A render node, by its certificate.
     Node {
         /// Its id (`n-…`).
@@ -92,6 +101,7 @@ impl Caller {
             Caller::LocalAdmin { uid } => format!("local-admin(uid {uid})"),
             Caller::Device { device, .. } => format!("{}@{}", device.user, device.id),
             Caller::Node { id, .. } => format!("node {id}"),
+            Caller::Session { user, ws, .. } => format!("{user}@workstation {ws}"),
             Caller::Unpaired { addr } => addr.ip().to_string(),
         }
     }
@@ -110,13 +120,33 @@ impl Caller {
                 node_id: id.clone(),
                 name: name.clone(),
             }),
-            Caller::Unpaired { .. } => None,
+            Caller::Session { .. } | Caller::Unpaired { .. } => None,
         }
     }
 }
 
 /// Checks that `caller` may run `req` at all. Handlers check ownership of the named objects.
 pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
+    if let Caller::Session { .. } = caller {
+        // Inside a workstation: its owner's render jobs, nothing else.
+        return match req {
+            Request::BlobPut { .. }
+            | Request::BlobMissing { .. }
+            | Request::BlobGet { .. }
+            | Request::RenderSubmit(_)
+            | Request::RenderList
+            | Request::RenderShow { .. }
+            | Request::RenderControl { .. }
+            | Request::RenderNodes => Ok(()),
+            _ => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "'{}' is not available from inside a workstation (only render jobs are)",
+                    req.name()
+                ),
+            )),
+        };
+    }
     let admin_only = || {
         if caller.is_admin() {
             Ok(())
@@ -395,7 +425,11 @@ impl Appliance {
         })
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> T + Send + 'static) -> T {
+    /// Runs `f` on the store on the blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(v) => v,

@@ -35,6 +35,7 @@ impl Appliance {
     fn render_user(caller: &Caller) -> (String, bool) {
         match caller {
             Caller::Device { device, role } => (device.user.clone(), *role == Role::Admin),
+            Caller::Session { user, role, .. } => (user.clone(), *role == Role::Admin),
             _ => ("admin".into(), true),
         }
     }

@@ -57,6 +57,8 @@ pub struct XvfbOptions {
     pub start_timeout: Duration,
     /// The resource-limit group its processes go into, if limits are enforced.
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// More environment for the session's processes (the appliance's session socket).
+    pub env: Vec<(String, String)>,
 }
 
 /// Why a workstation could not start.
@@ -693,6 +695,7 @@ fn base_command(
     if let Some(d) = display {
         cmd.env("DISPLAY", format!(":{d}"));
     }
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     if let Some((uid, gid)) = opts.run_as {
         cmd.uid(uid).gid(gid).env("USER", format!("ws{uid}"));
     }

@@ -1,10 +1,12 @@
-//! `periphery render …`: the admin CLI's side of the render farm. Files are uploaded by
-//! content (only what the appliance lacks), then the job is queued and watched.
+//! The `render …` commands, as `periphery render` (the admin CLI, and from inside a
+//! workstation) and `periphery-tablet render` offer them: one set of commands over any
+//! [`Requester`]. Files are uploaded by content (only what the appliance lacks), then the job
+//! is queued and watched.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Subcommand;
 
 use periphery_protocol::render::{
@@ -12,7 +14,62 @@ use periphery_protocol::render::{
 };
 use periphery_protocol::{Request, Response};
 
-use crate::admin::AdminClient;
+/// Something that runs requests on an appliance: a tablet's [`Session`](crate::session::Session),
+/// the admin socket's client.
+pub trait Requester {
+    /// Why a request failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Runs one request.
+    fn request(&mut self, body: Request) -> impl Future<Output = Result<Response, Self::Error>>;
+}
+
+impl Requester for crate::session::Session {
+    type Error = crate::session::SessionError;
+    fn request(&mut self, body: Request) -> impl Future<Output = Result<Response, Self::Error>> {
+        crate::session::Session::request(self, body)
+    }
+}
+
+/// Why a render command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderCliError {
+    /// The appliance refused a request, or could not be reached.
+    #[error(transparent)]
+    Request(Box<dyn std::error::Error + Send + Sync>),
+    /// A local file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command line does not make sense.
+    #[error("{0}")]
+    Usage(String),
+    /// The appliance answered with something else than the request asks for.
+    #[error("unexpected answer from the appliance: {0}")]
+    Unexpected(String),
+    /// The watched job ended without succeeding.
+    #[error("job {job} {state}")]
+    Ended {
+        /// The job.
+        job: u64,
+        /// `failed` or `canceled`.
+        state: String,
+    },
+}
+
+async fn ask<R: Requester>(c: &mut R, body: Request) -> Result<Response, RenderCliError> {
+    c.request(body)
+        .await
+        .map_err(|e| RenderCliError::Request(Box::new(e)))
+}
+
+fn unexpected(r: Response) -> RenderCliError {
+    RenderCliError::Unexpected(format!("{r:?}"))
+}
 
 /// Render farm commands.
 #[derive(Debug, Subcommand)]
@@ -106,33 +163,48 @@ pub enum RenderCommand {
     NodeToken,
 }
 
+/// The chunked `BlobPut` requests that store `data` (hash `hash`) on the appliance.
+pub fn blob_chunks<'a>(hash: &'a str, data: &'a [u8]) -> impl Iterator<Item = Request> + 'a {
+    let n = data.len().div_ceil(MAX_BLOB_CHUNK).max(1);
+    (0..n).map(move |i| {
+        let (start, end) = (
+            i * MAX_BLOB_CHUNK,
+            ((i + 1) * MAX_BLOB_CHUNK).min(data.len()),
+        );
+        Request::BlobPut {
+            hash: hash.to_owned(),
+            offset: start as u64,
+            data: data[start..end].to_vec(),
+            last: i + 1 == n,
+        }
+    })
+}
+
 /// Uploads `path` unless the appliance has it; returns its reference as `name`.
-pub async fn upload(c: &mut AdminClient, path: &Path, name: &str) -> anyhow::Result<FileRef> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub async fn upload<R: Requester>(
+    c: &mut R,
+    path: &Path,
+    name: &str,
+) -> Result<FileRef, RenderCliError> {
+    let data = std::fs::read(path).map_err(|source| RenderCliError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let hash = blake3::hash(&data).to_hex().to_string();
-    let Response::Missing(missing) = c
-        .request(Request::BlobMissing {
+    let missing = match ask(
+        c,
+        Request::BlobMissing {
             hashes: vec![hash.clone()],
-        })
-        .await?
-    else {
-        anyhow::bail!("unexpected answer");
+        },
+    )
+    .await?
+    {
+        Response::Missing(m) => m,
+        other => return Err(unexpected(other)),
     };
     if !missing.is_empty() {
-        let mut offset = 0;
-        loop {
-            let end = (offset + MAX_BLOB_CHUNK).min(data.len());
-            c.request(Request::BlobPut {
-                hash: hash.clone(),
-                offset: offset as u64,
-                data: data[offset..end].to_vec(),
-                last: end == data.len(),
-            })
-            .await?;
-            if end == data.len() {
-                break;
-            }
-            offset = end;
+        for chunk in blob_chunks(&hash, &data) {
+            ask(c, chunk).await?;
         }
     }
     Ok(FileRef {
@@ -142,11 +214,11 @@ pub async fn upload(c: &mut AdminClient, path: &Path, name: &str) -> anyhow::Res
     })
 }
 
-fn file_name(p: &Path) -> anyhow::Result<String> {
+fn file_name(p: &Path) -> Result<String, RenderCliError> {
     p.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)
-        .with_context(|| format!("{} has no usable file name", p.display()))
+        .ok_or_else(|| RenderCliError::Usage(format!("{} has no usable file name", p.display())))
 }
 
 fn line(s: &JobSummary) -> String {
@@ -207,15 +279,15 @@ fn print_detail(d: &JobDetail) {
     }
 }
 
-async fn detail(c: &mut AdminClient, req: Request) -> anyhow::Result<JobDetail> {
-    match c.request(req).await? {
+async fn detail<R: Requester>(c: &mut R, req: Request) -> Result<JobDetail, RenderCliError> {
+    match ask(c, req).await? {
         Response::RenderJob(d) => Ok(d),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+        other => Err(unexpected(other)),
     }
 }
 
 /// Prints progress until the job ends; fails when it failed.
-async fn watch(c: &mut AdminClient, job: u64) -> anyhow::Result<()> {
+async fn watch<R: Requester>(c: &mut R, job: u64) -> Result<(), RenderCliError> {
     let mut last = String::new();
     loop {
         let d = detail(c, Request::RenderShow { job }).await?;
@@ -238,16 +310,18 @@ async fn watch(c: &mut AdminClient, job: u64) -> anyhow::Result<()> {
                         t.error.as_deref().unwrap_or("")
                     );
                 }
-                anyhow::bail!("job {job} {}", d.summary.state);
+                return Err(RenderCliError::Ended {
+                    job,
+                    state: d.summary.state,
+                });
             }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
 
-/// Runs a render command.
-pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> {
-    let mut c = AdminClient::connect(state_dir).await?;
+/// Runs a render command over `c`.
+pub async fn run<R: Requester>(c: &mut R, cmd: RenderCommand) -> Result<(), RenderCliError> {
     match cmd {
         RenderCommand::Submit {
             file,
@@ -265,9 +339,9 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
         } => {
             let mut ps: Vec<(String, String)> = Vec::new();
             for p in &params {
-                let (k, v) = p
-                    .split_once('=')
-                    .with_context(|| format!("'{p}': a parameter is Name=value"))?;
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    RenderCliError::Usage(format!("'{p}': a parameter is Name=value"))
+                })?;
                 ps.push((k.to_owned(), v.to_owned()));
             }
             let mut refs = Vec::new();
@@ -276,16 +350,21 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
                 ps.push(("Command".into(), file.display().to_string()));
                 TemplateSource::Builtin("command".into())
             } else if matches!(ext, "yaml" | "yml" | "json") {
-                TemplateSource::Document(
-                    std::fs::read_to_string(&file)
-                        .with_context(|| format!("cannot read {}", file.display()))?,
-                )
+                TemplateSource::Document(std::fs::read_to_string(&file).map_err(|source| {
+                    RenderCliError::Read {
+                        path: file.clone(),
+                        source,
+                    }
+                })?)
             } else {
                 if !file.is_file() {
-                    anyhow::bail!("the scene {} does not exist", file.display());
+                    return Err(RenderCliError::Usage(format!(
+                        "the scene {} does not exist",
+                        file.display()
+                    )));
                 }
                 let name = file_name(&file)?;
-                refs.push(upload(&mut c, &file, &name).await?);
+                refs.push(upload(c, &file, &name).await?);
                 ps.push(("Scene".into(), name));
                 match &video {
                     Some(v) => {
@@ -304,10 +383,10 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
             }
             for i in &inputs {
                 let name = file_name(i)?;
-                refs.push(upload(&mut c, i, &name).await?);
+                refs.push(upload(c, i, &name).await?);
             }
             let d = detail(
-                &mut c,
+                c,
                 Request::RenderSubmit(JobSubmission {
                     template,
                     params: ps,
@@ -323,21 +402,20 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
                 d.summary.id, d.summary.name, d.summary.counts.total
             );
             if !no_wait {
-                watch(&mut c, d.summary.id).await?;
+                watch(c, d.summary.id).await?;
             }
         }
         RenderCommand::List => {
-            let Response::RenderJobs(jobs) = c.request(Request::RenderList).await? else {
-                anyhow::bail!("unexpected answer");
+            let jobs = match ask(c, Request::RenderList).await? {
+                Response::RenderJobs(j) => j,
+                other => return Err(unexpected(other)),
             };
             for j in &jobs {
                 println!("{}  {} ({})", line(j), j.name, j.user);
             }
         }
-        RenderCommand::Show { job } => {
-            print_detail(&detail(&mut c, Request::RenderShow { job }).await?)
-        }
-        RenderCommand::Watch { job } => watch(&mut c, job).await?,
+        RenderCommand::Show { job } => print_detail(&detail(c, Request::RenderShow { job }).await?),
+        RenderCommand::Watch { job } => watch(c, job).await?,
         RenderCommand::Cancel { job }
         | RenderCommand::Pause { job }
         | RenderCommand::Resume { job }
@@ -349,11 +427,11 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
                 RenderCommand::Retry { all, .. } => JobAction::Retry { all },
                 _ => unreachable!(),
             };
-            let d = detail(&mut c, Request::RenderControl { job, action }).await?;
+            let d = detail(c, Request::RenderControl { job, action }).await?;
             println!("{}", line(&d.summary));
         }
         RenderCommand::Why { job } => {
-            let d = detail(&mut c, Request::RenderShow { job }).await?;
+            let d = detail(c, Request::RenderShow { job }).await?;
             if d.why.is_empty() {
                 println!("job {job}: no task is waiting");
             }
@@ -362,8 +440,9 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
             }
         }
         RenderCommand::Nodes => {
-            let Response::RenderNodes(nodes) = c.request(Request::RenderNodes).await? else {
-                anyhow::bail!("unexpected answer");
+            let nodes = match ask(c, Request::RenderNodes).await? {
+                Response::RenderNodes(n) => n,
+                other => return Err(unexpected(other)),
             };
             for n in &nodes {
                 let renderers: Vec<String> = n
@@ -394,12 +473,12 @@ pub async fn render(state_dir: &Path, cmd: RenderCommand) -> anyhow::Result<()> 
             }
         }
         RenderCommand::NodeToken => {
-            let Response::NodeToken {
-                token,
-                expires_in_secs,
-            } = c.request(Request::RenderNodeToken).await?
-            else {
-                anyhow::bail!("unexpected answer");
+            let (token, expires_in_secs) = match ask(c, Request::RenderNodeToken).await? {
+                Response::NodeToken {
+                    token,
+                    expires_in_secs,
+                } => (token, expires_in_secs),
+                other => return Err(unexpected(other)),
             };
             println!("{token}");
             eprintln!(
