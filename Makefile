@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
 FUZZ_ENV := $(if $(FUZZ_TOOLCHAIN),,RUSTC_BOOTSTRAP=1)
 
-.PHONY: run test bench bench-stream setup build lint fuzz clean
+.PHONY: run test bench bench-stream bench-render setup build lint fuzz clean
 
 ## Build and start the appliance with a paired local tablet; Ctrl-C stops it.
 run: setup build
@@ -38,6 +38,11 @@ bench-stream: setup
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p periphery-e2e --bench stream
 	$(CARGO) bench -p periphery-e2e --bench handoff
+
+## The render farm benchmark: N local nodes against `xargs -P N`, and 10,000 no-op tasks.
+bench-render: setup
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p periphery-e2e --bench render
 
 ## Fuzz the network decoders for FUZZ_SECONDS (not part of `make test`).
 fuzz:

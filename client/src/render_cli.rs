@@ -271,7 +271,7 @@ fn print_detail(d: &JobDetail) {
         if let Some(e) = &t.error {
             println!("      error: {e}");
         }
-        if t.state == "failed" {
+        if matches!(t.state.as_str(), "failed" | "running") {
             for l in t.log_tail.iter().rev().take(5).rev() {
                 println!("      | {l}");
             }
@@ -286,22 +286,67 @@ async fn detail<R: Requester>(c: &mut R, req: Request) -> Result<JobDetail, Rend
     }
 }
 
+/// A job's summary, without its tasks (cheap to poll, whatever the job's size).
+async fn summary<R: Requester>(c: &mut R, job: u64) -> Result<JobSummary, RenderCliError> {
+    match ask(c, Request::RenderList).await? {
+        Response::RenderJobs(jobs) => jobs
+            .into_iter()
+            .find(|j| j.id == job)
+            .ok_or_else(|| RenderCliError::Unexpected(format!("job {job} is no longer listed"))),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Prints progress until the job ends; fails when it failed.
 async fn watch<R: Requester>(c: &mut R, job: u64) -> Result<(), RenderCliError> {
+    // The first look goes through `show`: it says so when the job is not there or not ours.
+    let mut s = detail(c, Request::RenderShow { job }).await?.summary;
+    // A bar on a terminal; a line per change elsewhere (logs, scripts, tests).
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| {
+        let b = indicatif::ProgressBar::new(s.counts.total.into());
+        b.set_style(
+            indicatif::ProgressStyle::with_template("job {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(job.to_string());
+        b
+    });
     let mut last = String::new();
     loop {
-        let d = detail(c, Request::RenderShow { job }).await?;
-        let l = line(&d.summary);
-        if l != last {
-            println!("{l}");
-            last = l;
+        match &bar {
+            Some(b) => {
+                let c = &s.counts;
+                b.set_position(c.done.into());
+                b.set_message(format!(
+                    "{} running, {} failed{}",
+                    c.running,
+                    c.failed,
+                    s.eta_secs
+                        .map(|e| format!(", ETA {e} s"))
+                        .unwrap_or_default()
+                ));
+            }
+            None => {
+                let l = line(&s);
+                if l != last {
+                    println!("{l}");
+                    last = l;
+                }
+            }
         }
-        match d.summary.state.as_str() {
+        if s.state != "active" && s.state != "paused" {
+            if let Some(b) = &bar {
+                b.finish_with_message(s.state.clone());
+            }
+        }
+        match s.state.as_str() {
             "done" => {
-                println!("outputs in {}", d.summary.output_dir);
+                println!("outputs in {}", s.output_dir);
                 return Ok(());
             }
             "failed" | "canceled" => {
+                let d = detail(c, Request::RenderShow { job }).await?;
                 for t in d.tasks.iter().filter(|t| t.state == "failed") {
                     println!(
                         "{}[{}] failed: {}",
@@ -312,10 +357,13 @@ async fn watch<R: Requester>(c: &mut R, job: u64) -> Result<(), RenderCliError> 
                 }
                 return Err(RenderCliError::Ended {
                     job,
-                    state: d.summary.state,
+                    state: s.state,
                 });
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                s = summary(c, job).await?;
+            }
         }
     }
 }

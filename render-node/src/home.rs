@@ -2,8 +2,7 @@
 //! In `--home` (default `~/.local/state/periphery-render-node`), keys 0600.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -42,17 +41,8 @@ pub fn default_dir() -> PathBuf {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    periphery_client::files::write_atomic(path, bytes, mode)
+        .map_err(|(p, e)| anyhow::Error::new(e).context(format!("cannot write {}", p.display())))
 }
 
 /// Saves the credentials.

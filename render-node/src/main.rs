@@ -126,7 +126,7 @@ fn caps(tags: Vec<String>) -> NodeCaps {
             renderers.push(("blender".into(), v));
         }
     }
-    renderers.push(("assemble".into(), "libx264".into()));
+    renderers.push(("ffmpeg".into(), periphery_media::codec::ffmpeg_version()));
     let mut gpus: Vec<String> = std::fs::read_dir("/dev/dri")
         .into_iter()
         .flatten()

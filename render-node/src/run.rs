@@ -127,8 +127,10 @@ impl Node {
             };
             match link.request(Request::NodeWork(work)).await {
                 Ok(Response::Work(w)) => {
-                    if let Some(t) = w.task {
-                        self.run_task(&mut link, t).await;
+                    // The answer to a report may carry the next task: no round trip between.
+                    let mut next = w.task;
+                    while let Some(t) = next {
+                        next = self.run_task(&mut link, t).await;
                     }
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
@@ -183,11 +185,12 @@ impl Node {
         Ok(())
     }
 
-    async fn run_task(&self, link: &mut Link<'_>, t: TaskAssignment) {
+    /// Runs and reports one task; returns the next one when the answer to the report has it.
+    async fn run_task(&self, link: &mut Link<'_>, t: TaskAssignment) -> Option<TaskAssignment> {
         let l = t.lease;
         let span = tracing::info_span!("task", job = l.job, step = %t.step, task = l.task);
         let _g = span.enter();
-        tracing::info!(attempt = t.attempt, argv = ?t.argv, "task started");
+        tracing::debug!(attempt = t.attempt, argv = ?t.argv, "task started");
         let work = self
             .cache
             .join("work")
@@ -197,12 +200,12 @@ impl Node {
             Ok(None) => {
                 tracing::info!("task stopped by the appliance");
                 let _ = std::fs::remove_dir_all(&work);
-                return;
+                return None;
             }
             Err(e) => (Err(format!("{e:#}")), Vec::new()),
         };
         match &outcome {
-            Ok(o) => tracing::info!(outputs = o.len(), "task done"),
+            Ok(o) => tracing::debug!(outputs = o.len(), "task done"),
             Err(e) => tracing::warn!(error = %e, "task failed"),
         }
         let done = TaskDone {
@@ -210,14 +213,20 @@ impl Node {
             outcome,
             log_tail: tail,
         };
-        match link.request(Request::NodeTaskDone(done)).await {
-            Ok(_) => {}
-            Err(e) if e.is::<periphery_protocol::ApiError>() => {
-                tracing::warn!(error = %e, "the report was refused; the outputs are discarded")
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "the report is dropped"),
-        }
+        let reply = link.request(Request::NodeTaskDone(done)).await;
         let _ = std::fs::remove_dir_all(&work);
+        match reply {
+            Ok(Response::Work(w)) => w.task,
+            Ok(_) => None,
+            Err(e) if e.is::<periphery_protocol::ApiError>() => {
+                tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the report is dropped");
+                None
+            }
+        }
     }
 
     /// Runs the task; `None` when the appliance said stop.
@@ -393,6 +402,9 @@ impl Node {
             }
         }
         files.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
         let Response::Missing(missing) = link
             .request(Request::BlobMissing {
                 hashes: files.iter().map(|f| f.1.hash.clone()).collect(),

@@ -5,8 +5,8 @@
 //! temporary name and renamed, so a crash never leaves half a pairing.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,17 +76,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    periphery_client::files::write_atomic(path, bytes, mode)
+        .map_err(|(path, source)| HomeError::Io { path, source })
 }
 
 impl Home {

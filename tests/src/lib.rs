@@ -400,3 +400,99 @@ impl Tablet {
         ])
     }
 }
+
+/// A running `periphery-render-node run`.
+pub struct RenderNode {
+    /// The process.
+    pub child: Child,
+    /// Its home (credentials, cache).
+    pub home: PathBuf,
+}
+
+impl RenderNode {
+    /// Joins `daemon` with a fresh token and starts working; `path_first` goes before PATH
+    /// (a directory with a fake `blender`, say).
+    pub fn start(daemon: &Daemon, dir: &Path, name: &str, path_first: Option<&Path>) -> Self {
+        let token = daemon.ok(&["render", "node-token"]).trim().to_owned();
+        let home = dir.join(name);
+        let out = Command::new(bin("periphery-render-node"))
+            .arg("--home")
+            .arg(&home)
+            .args(["join", &daemon.address(), "--token", &token, "--name", name])
+            .output()
+            .expect("run periphery-render-node join");
+        assert!(
+            out.status.success(),
+            "join: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(p) = path_first {
+            path = format!("{}:{path}", p.display());
+        }
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("node log");
+        let child = Command::new(bin("periphery-render-node"))
+            .arg("--home")
+            .arg(&home)
+            .arg("run")
+            .env("PATH", path)
+            .env("PERIPHERY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn periphery-render-node run");
+        RenderNode { child, home }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RenderNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Daemon {
+    /// Waits until `n` nodes are idle or busy in `render nodes`.
+    pub fn wait_render_nodes(&self, n: usize) {
+        wait_for("nodes online", Duration::from_secs(30), || {
+            let out = self.ok(&["render", "nodes"]);
+            let live = out
+                .lines()
+                .filter(|l| l.contains(" idle ") || l.contains(" busy "))
+                .count();
+            (live >= n).then_some(())
+        });
+    }
+}
+
+/// A Cycles scene of a few objects, the cube turning over 10 frames, 64x64.
+pub fn blender_scene(dir: &Path) -> PathBuf {
+    let path = dir.join("turn.blend");
+    let script = format!(
+        "import bpy, math\n\
+         s = bpy.context.scene\n\
+         s.render.engine = 'CYCLES'; s.cycles.samples = 4; s.cycles.use_denoising = False\n\
+         s.cycles.seed = 7; s.render.resolution_x = 64; s.render.resolution_y = 64\n\
+         s.render.resolution_percentage = 100; s.frame_start = 1; s.frame_end = 10\n\
+         bpy.ops.mesh.primitive_uv_sphere_add(location=(2, 0, 0), radius=0.7)\n\
+         bpy.ops.mesh.primitive_cone_add(location=(-2, 0, 0))\n\
+         cube = bpy.data.objects['Cube']\n\
+         cube.rotation_euler = (0, 0, 0); cube.keyframe_insert('rotation_euler', frame=1)\n\
+         cube.rotation_euler = (0, 0, math.pi); cube.keyframe_insert('rotation_euler', frame=10)\n\
+         bpy.ops.wm.save_as_mainfile(filepath='{}')\n",
+        path.display()
+    );
+    let out = Command::new("blender")
+        .args(["-b", "--factory-startup", "--python-expr", &script])
+        .output()
+        .expect("blender is installed (scripts/setup.sh)");
+    assert!(path.exists(), "{}", String::from_utf8_lossy(&out.stdout));
+    path
+}

@@ -4,64 +4,12 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use periphery_e2e::{bin, wait_for, Daemon, DaemonOptions};
-
-/// A running `periphery-render-node run`.
-struct Node {
-    child: Child,
-    home: PathBuf,
-}
-
-impl Node {
-    /// Joins `daemon` with a fresh token and starts working; `path_first` goes before PATH
-    /// (a directory with a fake `blender`, say).
-    fn start(daemon: &Daemon, dir: &Path, name: &str, path_first: Option<&Path>) -> Self {
-        let token = daemon.ok(&["render", "node-token"]).trim().to_owned();
-        let home = dir.join(name);
-        let out = Command::new(bin("periphery-render-node"))
-            .arg("--home")
-            .arg(&home)
-            .args(["join", &daemon.address(), "--token", &token, "--name", name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "join: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut path = std::env::var("PATH").unwrap_or_default();
-        if let Some(p) = path_first {
-            path = format!("{}:{path}", p.display());
-        }
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(bin("periphery-render-node"))
-            .arg("--home")
-            .arg(&home)
-            .arg("run")
-            .env("PATH", path)
-            .env("PERIPHERY_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Node { child, home }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use periphery_e2e::{
+    bin, blender_scene as scene, wait_for, Daemon, DaemonOptions, RenderNode as Node,
+};
 
 /// A daemon whose silent nodes lose their lease after 5 s (30 s by default).
 fn daemon(dir: &Path) -> Daemon {
@@ -96,43 +44,6 @@ fn watch_ok(d: &Daemon, job: u64) {
         String::from_utf8_lossy(&watched.stdout),
         String::from_utf8_lossy(&watched.stderr)
     );
-}
-
-/// Waits until `n` nodes are idle or busy in `render nodes`.
-fn wait_nodes(d: &Daemon, n: usize) {
-    wait_for("nodes online", Duration::from_secs(30), || {
-        let out = d.ok(&["render", "nodes"]);
-        let live = out
-            .lines()
-            .filter(|l| l.contains(" idle ") || l.contains(" busy "))
-            .count();
-        (live >= n).then_some(())
-    });
-}
-
-/// A Cycles scene of a few objects, the cube turning over 10 frames, 64x64.
-fn scene(dir: &Path) -> PathBuf {
-    let path = dir.join("turn.blend");
-    let script = format!(
-        "import bpy, math\n\
-         s = bpy.context.scene\n\
-         s.render.engine = 'CYCLES'; s.cycles.samples = 4; s.cycles.use_denoising = False\n\
-         s.cycles.seed = 7; s.render.resolution_x = 64; s.render.resolution_y = 64\n\
-         s.render.resolution_percentage = 100; s.frame_start = 1; s.frame_end = 10\n\
-         bpy.ops.mesh.primitive_uv_sphere_add(location=(2, 0, 0), radius=0.7)\n\
-         bpy.ops.mesh.primitive_cone_add(location=(-2, 0, 0))\n\
-         cube = bpy.data.objects['Cube']\n\
-         cube.rotation_euler = (0, 0, 0); cube.keyframe_insert('rotation_euler', frame=1)\n\
-         cube.rotation_euler = (0, 0, math.pi); cube.keyframe_insert('rotation_euler', frame=10)\n\
-         bpy.ops.wm.save_as_mainfile(filepath='{}')\n",
-        path.display()
-    );
-    let out = Command::new("blender")
-        .args(["-b", "--factory-startup", "--python-expr", &script])
-        .output()
-        .expect("blender is installed (scripts/setup.sh)");
-    assert!(path.exists(), "{}", String::from_utf8_lossy(&out.stdout));
-    path
 }
 
 fn rgba(path: &Path) -> (u32, u32, Vec<u8>) {
@@ -183,7 +94,7 @@ fn three_nodes_render_frames_equal_to_blender_and_assemble_the_video() {
     let nodes: Vec<Node> = (1..=3)
         .map(|i| Node::start(&d, dir.path(), &format!("node{i}"), None))
         .collect();
-    wait_nodes(&d, 3);
+    d.wait_render_nodes(3);
     let submitted = d.ok(&[
         "render",
         "submit",
@@ -241,7 +152,7 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
     let mut a = Node::start(&d, dir.path(), "a", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     // The first run of frame 2 marks itself and hangs; any later run finishes at once.
     let marker = dir.path().join("started");
     let cmd = format!(
@@ -263,17 +174,8 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
     a.kill();
     let _b = Node::start(&d, dir.path(), "b", None);
     // After the lease (5 s here) the task waits again and b takes it.
-    let watched = d.cli(&["render", "watch", &job.to_string()]);
-    assert!(
-        watched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&watched.stdout)
-    );
-    let show = d.ok(&["render", "show", &job.to_string()]);
-    let frame2 = show
-        .lines()
-        .find(|l| l.contains("Run[1]"))
-        .unwrap_or_else(|| panic!("{show}"));
+    watch_ok(&d, job);
+    let frame2 = task_line(&d, job, "Run[1]");
     assert!(frame2.contains(" done "), "{frame2}");
     let out = dir
         .path()
@@ -285,7 +187,6 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
         1,
         "one completion of the job: {audit}"
     );
-    let _ = a.home.exists();
 }
 
 #[test]
@@ -334,7 +235,7 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
     let _n = Node::start(&d, dir.path(), "n", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     let broken = dir.path().join("broken.blend");
     std::fs::write(&broken, b"this is not a blend file").unwrap();
     let bad = job_id(&d.ok(&[
@@ -400,7 +301,7 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
         .status()
         .unwrap();
     let _bad = Node::start(&d, dir.path(), "bad", Some(&fake));
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     let scene = scene(dir.path());
     let job = job_id(&d.ok(&[
         "render",
@@ -422,12 +323,7 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
     let why = d.ok(&["render", "why", &job.to_string()]);
     assert!(why.contains("blocklisted"), "{why}");
     let _good = Node::start(&d, dir.path(), "good", None);
-    let watched = d.cli(&["render", "watch", &job.to_string()]);
-    assert!(
-        watched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&watched.stdout)
-    );
+    watch_ok(&d, job);
 }
 
 #[test]
@@ -435,7 +331,7 @@ fn a_frozen_node_reporting_after_its_lease_expired_is_refused_and_its_output_dis
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
     let mut a = Node::start(&d, dir.path(), "a", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     let marker = dir.path().join("first");
     let cmd = format!(
         "if mkdir {m} 2>/dev/null; then sleep 8; echo late > out/f.txt; else echo on-time > out/f.txt; fi",
@@ -492,7 +388,7 @@ fn the_supervisor_killed_mid_job_goes_on_without_losing_or_repeating_a_task() {
     let addr = d.address();
     let _n1 = Node::start(&d, dir.path(), "n1", None);
     let _n2 = Node::start(&d, dir.path(), "n2", None);
-    wait_nodes(&d, 2);
+    d.wait_render_nodes(2);
     let runs = dir.path().join("runs.log");
     let cmd = format!(
         "sleep 0.5; echo $1 > out/$1.txt; echo $1 >> {}",
@@ -545,7 +441,7 @@ fn cancel_stops_the_running_command_on_its_node() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path());
     let _n = Node::start(&d, dir.path(), "n", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     let pidfile = dir.path().join("pid");
     let cmd = format!("echo $$ > {}; exec sleep 600", pidfile.display());
     let job = job_id(&d.ok(&["render", "submit", &cmd, "--command", "--no-wait"]));
@@ -579,7 +475,7 @@ fn the_appliance_runs_a_render_node_of_its_own() {
         },
     );
     assert!(d.ok(&["status"]).contains("render node   on"));
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     assert!(d.ok(&["render", "nodes"]).contains("local"));
     let job = job_id(&d.ok(&[
         "render",
@@ -611,7 +507,7 @@ fn a_job_submitted_from_inside_a_workstation_belongs_to_its_owner() {
     );
     d.ok(&["user", "add", "alice", "--no-password"]);
     let _n = Node::start(&d, dir.path(), "n", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     d.create_ws("alice", "design", "640x480");
     d.ok(&["ws", "start", "design"]);
     let homes = dir.path().join("state/homes");
@@ -653,7 +549,7 @@ fn a_tablet_queues_and_watches_jobs_of_its_own_user_only() {
     let alice = periphery_e2e::Tablet::paired(&d, &dir.path().join("ta"), "ta", "alice");
     let bob = periphery_e2e::Tablet::paired(&d, &dir.path().join("tb"), "tb", "bob");
     let _n = Node::start(&d, dir.path(), "n", None);
-    wait_nodes(&d, 1);
+    d.wait_render_nodes(1);
     let submitted = alice.ok(&["render", "submit", "echo a > out/a.txt", "--command"]);
     let job = job_id(&submitted);
     assert!(

@@ -76,6 +76,12 @@ pub(crate) fn init() -> Result<(), CodecError> {
     .map_err(CodecError::NoEncoder)
 }
 
+/// The FFmpeg libraries' version, e.g. `libavcodec 59.37.100`.
+pub fn ffmpeg_version() -> String {
+    let v = ff::codec::version();
+    format!("libavcodec {}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
+}
+
 /// An open H.264 encoder.
 pub struct H264Encoder {
     enc: codec::encoder::video::Encoder,

@@ -517,8 +517,9 @@ pub enum Request {
     },
     /// A node's heartbeat and request for work. Answer: [`Response::Work`].
     NodeWork(crate::render::NodeWork),
-    /// A node reports a finished task. Answer: [`Response::Done`], or an error when the
-    /// node no longer holds the lease (its outputs are then discarded).
+    /// A node reports a finished task. Answer: [`Response::Work`] with its next task (when
+    /// one fits it; else it asks with [`Request::NodeWork`]), or an error when the node no
+    /// longer holds the lease (its outputs are then discarded).
     NodeTaskDone(crate::render::TaskDone),
 }
 

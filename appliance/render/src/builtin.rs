@@ -3,13 +3,12 @@
 //! uses `command`). A cloud farm that takes OpenJD can run them as they are, given
 //! `periphery-render-node` on its workers for the Blender and assembly helpers.
 
-/// Blender frames, chunked: each task renders `Task.Param.Frame` (a range such as `1-5`) of
-/// `Scene` into `out/####.png` through `periphery-render-node blender`, which runs Blender
-/// with the documented arguments and fails the task on Blender's error lines.
-pub const BLENDER: &str = r#"
+// The parts the two Blender templates share, as literals so `concat!` can join them.
+macro_rules! blender_parameters {
+    () => {
+        r#"
 specificationVersion: jobtemplate-2023-09
 extensions: [TASK_CHUNKING]
-name: "{{Param.Scene}} {{Param.Frames}}"
 parameterDefinitions:
   - name: Scene
     type: STRING
@@ -21,7 +20,13 @@ parameterDefinitions:
     type: INT
     default: 1
     minValue: 1
-steps:
+"#
+    };
+}
+
+macro_rules! blender_render_step {
+    () => {
+        r#"
   - name: Render
     parameterSpace:
       taskParameterDefinitions:
@@ -36,26 +41,25 @@ steps:
         onRun:
           command: periphery-render-node
           args: [blender, "{{Param.Scene}}", "{{Task.Param.Frame}}", out]
-"#;
+"#
+    };
+}
+
+/// Blender frames, chunked: each task renders `Task.Param.Frame` (a range such as `1-5`) of
+/// `Scene` into `out/####.png` through `periphery-render-node blender`, which runs Blender
+/// with the documented arguments and fails the task on Blender's error lines.
+pub const BLENDER: &str = concat!(
+    blender_parameters!(),
+    r#"name: "{{Param.Scene}} {{Param.Frames}}"
+steps:"#,
+    blender_render_step!()
+);
 
 /// [`BLENDER`] and then one task that encodes the frames into `out/<Video>` (H.264 in MP4)
 /// at `Fps` through `periphery-render-node assemble`.
-pub const BLENDER_VIDEO: &str = r#"
-specificationVersion: jobtemplate-2023-09
-extensions: [TASK_CHUNKING]
-name: "{{Param.Scene}} {{Param.Frames}} -> {{Param.Video}}"
-parameterDefinitions:
-  - name: Scene
-    type: STRING
-    minLength: 1
-  - name: Frames
-    type: STRING
-    default: "1-10"
-  - name: Chunk
-    type: INT
-    default: 1
-    minValue: 1
-  - name: Video
+pub const BLENDER_VIDEO: &str = concat!(
+    blender_parameters!(),
+    r#"  - name: Video
     type: STRING
     default: video.mp4
     minLength: 1
@@ -64,22 +68,10 @@ parameterDefinitions:
     default: 24
     minValue: 1
     maxValue: 240
-steps:
-  - name: Render
-    parameterSpace:
-      taskParameterDefinitions:
-        - name: Frame
-          type: CHUNK[INT]
-          range: "{{Param.Frames}}"
-          chunks:
-            defaultTaskCount: "{{Param.Chunk}}"
-            rangeConstraint: CONTIGUOUS
-    script:
-      actions:
-        onRun:
-          command: periphery-render-node
-          args: [blender, "{{Param.Scene}}", "{{Task.Param.Frame}}", out]
-  - name: Assemble
+name: "{{Param.Scene}} {{Param.Frames}} -> {{Param.Video}}"
+steps:"#,
+    blender_render_step!(),
+    r#"  - name: Assemble
     dependencies:
       - dependsOn: Render
     script:
@@ -87,7 +79,8 @@ steps:
         onRun:
           command: periphery-render-node
           args: [assemble, --fps, "{{Param.Fps}}", out, "out/{{Param.Video}}"]
-"#;
+"#
+);
 
 /// Any command line over a frame range: each task runs `sh -c Command` with the chunk of
 /// frames (`1-5`; a single frame is `7-7`) as `$1`.

@@ -79,6 +79,12 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
+/// Whether a device record is a render node's: nodes are enrolled like devices, with `n-`
+/// ids and no user, so the handshake's allow-list and revocation cover them too.
+pub fn is_render_node(device_id: &str) -> bool {
+    device_id.starts_with("n-")
+}
+
 /// A paired device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -339,8 +345,7 @@ impl Store {
     pub fn add_device(&self, d: &DeviceRecord, audit: &AuditRecord) -> Result<(), LookupError> {
         self.write(Some(audit), |tx| {
             let owner = tx.open_table(USERS).map_err(db)?;
-            // Render nodes (`n-` ids) belong to no user.
-            let node = d.id.starts_with("n-") && d.user.is_empty();
+            let node = is_render_node(&d.id) && d.user.is_empty();
             if !node && owner.get(d.user.as_str()).map_err(db)?.is_none() {
                 return Ok(Err(LookupError::NotFound(format!("user '{}'", d.user))));
             }

@@ -39,7 +39,8 @@ use crate::config::Config;
 use crate::identity::ApplianceIdentity;
 use crate::limits::AttemptLimiter;
 use crate::store::{
-    AddUserError, AuditRecord, DeviceRecord, LookupError, Store, StoreError, UserRecord,
+    is_render_node, AddUserError, AuditRecord, DeviceRecord, LookupError, Store, StoreError,
+    UserRecord,
 };
 use crate::streaming::Streaming;
 use crate::tls::{DeviceAllowList, DeviceStanding};
@@ -343,12 +344,6 @@ fn lookup_err(e: LookupError) -> ApiError {
     }
 }
 
-/// Whether a device record is a render node's (nodes are enrolled like devices, with
-/// `n-` ids and no user, so the handshake's allow-list and revocation cover them too).
-pub fn is_node(device_id: &str) -> bool {
-    device_id.starts_with("n-")
-}
-
 /// Checks a user name: 1-32 of `a-z 0-9 . _ -`, starting with a letter.
 pub fn valid_user_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -447,26 +442,25 @@ impl Appliance {
                 let Some(d) = s.device_by_fingerprint(&fp)? else {
                     return Ok(None);
                 };
-                let role = if is_node(&d.id) {
-                    Some(Role::User)
-                } else {
-                    s.user(&d.user)?.map(|u| u.role)
-                };
                 let _ = s.touch_device(&d.id, unix_now());
-                Ok(role.map(|r| (d, r)))
+                if d.revoked_at.is_some() {
+                    return Ok(None);
+                }
+                if is_render_node(&d.id) {
+                    return Ok(Some(Caller::Node {
+                        id: d.id,
+                        name: d.name,
+                    }));
+                }
+                Ok(s.user(&d.user)?.map(|u| Caller::Device {
+                    device: d,
+                    role: u.role,
+                }))
             })
             .await;
         match found {
-            Ok(Some((device, _))) if device.revoked_at.is_none() && is_node(&device.id) => {
-                Caller::Node {
-                    id: device.id,
-                    name: device.name,
-                }
-            }
-            Ok(Some((device, role))) if device.revoked_at.is_none() => {
-                Caller::Device { device, role }
-            }
-            Ok(_) => Caller::Unpaired { addr },
+            Ok(Some(caller)) => caller,
+            Ok(None) => Caller::Unpaired { addr },
             Err(e) => {
                 tracing::error!(error = %e, "cannot look up a device; treating it as unpaired");
                 Caller::Unpaired { addr }
@@ -747,7 +741,7 @@ impl Appliance {
             .await
             .map_err(lookup_err)?;
         self.devices.set(&d.fingerprint, DeviceStanding::Revoked);
-        if is_node(&id) {
+        if is_render_node(&id) {
             self.render.node_gone(&id);
         }
         tracing::info!(device = %id, user = %d.user, "device revoked");
@@ -782,7 +776,7 @@ impl Appliance {
             .collect();
         Ok(devices
             .into_iter()
-            .filter(|d| !is_node(&d.id))
+            .filter(|d| !is_render_node(&d.id))
             .map(|d| DeviceInfo {
                 connected: live.contains(&d.id),
                 id: d.id,

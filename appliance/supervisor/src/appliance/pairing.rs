@@ -18,6 +18,18 @@ pub(super) struct PendingPake {
     key: SessionKey,
 }
 
+/// What [`Appliance::enrol_key`] enrols.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Enrolee<'a> {
+    /// A tablet of `user`.
+    Device {
+        /// Its user.
+        user: &'a str,
+    },
+    /// A render node (no user).
+    Node,
+}
+
 impl Appliance {
     /// Issues a pairing code for `user` (who must exist).
     pub fn issue_code(&self, user: &str) -> PairingCode {
@@ -203,18 +215,52 @@ impl Appliance {
         device_name: String,
         how: &str,
     ) -> Result<PairedDevice, ApiError> {
-        let device_name: String = device_name.chars().take(64).collect();
+        let (device_id, cert_der) = self
+            .enrol_key(
+                caller,
+                Enrolee::Device { user },
+                csr_der,
+                &device_name,
+                |id, name| format!("paired device {id} ({name}) for {user} by {how}"),
+            )
+            .await?;
+        tracing::info!(device = %device_id, %user, how, "device paired");
+        Ok(PairedDevice {
+            device_id,
+            user: user.to_owned(),
+            cert_der,
+            ca_der: self.identity.ca_der().to_vec(),
+            confirm: None,
+        })
+    }
+
+    /// Signs a client certificate for the key in `csr_der`, records it (a device of a user,
+    /// or a render node) with a fresh id, audits it with `detail(id, name)`, and allows it at
+    /// the handshake. Returns the id and the certificate.
+    pub(super) async fn enrol_key(
+        &self,
+        caller: &Caller,
+        who: Enrolee<'_>,
+        csr_der: &[u8],
+        name: &str,
+        detail: impl FnOnce(&str, &str) -> String,
+    ) -> Result<(String, Vec<u8>), ApiError> {
+        let (prefix, user, event) = match who {
+            Enrolee::Device { user } => ("d", user, "device-paired"),
+            Enrolee::Node => ("n", "", "node-joined"),
+        };
+        let name: String = name.chars().take(64).collect();
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
-        let device_id = format!("d-{}", hex::encode(&raw[..5]));
+        let id = format!("{prefix}-{}", hex::encode(&raw[..5]));
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let cert = self
             .identity
-            .issue_device_cert(csr_der, &device_id, raw)
+            .issue_device_cert(csr_der, &id, raw)
             .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let rec = DeviceRecord {
-            id: device_id.clone(),
-            name: device_name.clone(),
+            id: id.clone(),
+            name: name.clone(),
             user: user.to_owned(),
             serial: cert.serial.clone(),
             fingerprint: cert.fingerprint.clone(),
@@ -222,22 +268,48 @@ impl Appliance {
             last_seen: None,
             revoked_at: None,
         };
-        let a = audit(
-            caller.actor(),
-            "device-paired",
-            format!("paired device {device_id} ({device_name}) for {user} by {how}"),
-        );
+        let a = audit(caller.actor(), event, detail(&id, &name));
         self.blocking(move |s| s.add_device(&rec, &a))
             .await
             .map_err(lookup_err)?;
         self.devices.set(&cert.fingerprint, DeviceStanding::Allowed);
-        tracing::info!(device = %device_id, %user, how, "device paired");
-        Ok(PairedDevice {
-            device_id,
-            user: user.to_owned(),
-            cert_der: cert.der,
-            ca_der: self.identity.ca_der().to_vec(),
-            confirm: None,
-        })
+        Ok((id, cert.der))
+    }
+
+    /// Checks a render node's join token, under the same attempt limits as pairing.
+    pub(super) async fn check_node_token(
+        &self,
+        caller: &Caller,
+        secret: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let Caller::Unpaired { addr } = caller else {
+            unreachable!("authorize lets only unpaired callers join")
+        };
+        let subjects = [Subject::Addr(addr.ip())];
+        self.check_limits(&subjects)?;
+        let now = Instant::now();
+        let valid = lock(&self.node_tokens).iter().any(|(s, exp)| {
+            *exp > now
+                && s.len() == secret.len()
+                && s.bytes()
+                    .zip(secret.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if valid {
+            return Ok(());
+        }
+        self.failed(
+            &subjects,
+            caller.actor(),
+            "node-join-failed",
+            format!("render node '{name}' offered an unknown or expired token"),
+        )
+        .await;
+        Err(ApiError::new(
+            ErrorCode::WrongCredentials,
+            "the join token is unknown or expired; make a new one with `periphery render node-token`",
+        ))
     }
 }

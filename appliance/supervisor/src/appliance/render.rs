@@ -10,9 +10,9 @@
 
 use super::*;
 
-use periphery_protocol::render::{JobSubmission, NodeInfo};
+use periphery_protocol::render::{JobSubmission, NodeInfo, WorkReply};
 
-use crate::limits::Subject;
+use super::pairing::Enrolee;
 
 /// How long a join token is good for.
 const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -183,9 +183,13 @@ impl Appliance {
                     unreachable!("authorized for nodes only")
                 };
                 let id = id.clone();
-                self.render_blocking(move |r| r.task_done(&id, done))
+                let next = self
+                    .render_blocking(move |r| r.task_done(&id, done))
                     .await?;
-                Ok(Response::Done)
+                Ok(Response::Work(WorkReply {
+                    task: next,
+                    stop: None,
+                }))
             }
             _ => unreachable!("render_request got a request it does not handle"),
         }
@@ -198,75 +202,16 @@ impl Appliance {
         name: String,
         csr_der: Vec<u8>,
     ) -> Result<Response, ApiError> {
-        let Caller::Unpaired { addr } = &conv.caller else {
-            unreachable!("authorized for unpaired connections only")
-        };
-        let subjects = [Subject::Addr(addr.ip())];
-        let now = Instant::now();
-        if let Err(wait) = lock(&self.limiter).check(&subjects, now) {
-            let mut e = ApiError::new(
-                ErrorCode::TooManyAttempts,
-                format!("too many attempts, retry after {} s", wait.as_secs().max(1)),
-            );
-            e.retry_after_secs = Some(wait.as_secs().max(1));
-            return Err(e);
-        }
-        let valid = {
-            let tokens = lock(&self.node_tokens);
-            tokens.iter().any(|(s, exp)| {
-                *exp > now
-                    && s.len() == secret.len()
-                    && s.bytes()
-                        .zip(secret.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
+        self.check_node_token(&conv.caller, &secret, &name).await?;
+        let (node_id, cert_der) = self
+            .enrol_key(&conv.caller, Enrolee::Node, &csr_der, &name, |id, name| {
+                format!("render node {id} ({name}) joined")
             })
-        };
-        if !valid {
-            lock(&self.limiter).fail(&subjects, now);
-            let a = audit(
-                conv.caller.actor(),
-                "node-join-failed",
-                format!("render node '{name}' offered an unknown or expired token"),
-            );
-            let _ = self.blocking(move |s| s.audit(&a)).await;
-            return Err(ApiError::new(
-                ErrorCode::WrongCredentials,
-                "the join token is unknown or expired; make a new one with `periphery render node-token`",
-            ));
-        }
-        let name: String = name.chars().take(64).collect();
-        let mut raw = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let node_id = format!("n-{}", hex::encode(&raw[..5]));
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let cert = self
-            .identity
-            .issue_device_cert(&csr_der, &node_id, raw)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-        let rec = DeviceRecord {
-            id: node_id.clone(),
-            name: name.clone(),
-            user: String::new(),
-            serial: cert.serial.clone(),
-            fingerprint: cert.fingerprint.clone(),
-            paired_at: unix_now(),
-            last_seen: None,
-            revoked_at: None,
-        };
-        let a = audit(
-            conv.caller.actor(),
-            "node-joined",
-            format!("render node {node_id} ({name}) joined"),
-        );
-        self.blocking(move |s| s.add_device(&rec, &a))
-            .await
-            .map_err(lookup_err)?;
-        self.devices.set(&cert.fingerprint, DeviceStanding::Allowed);
+            .await?;
         tracing::info!(node = %node_id, %name, "render node joined");
         Ok(Response::NodeJoined {
             node_id,
-            cert_der: cert.der,
+            cert_der,
             ca_der: self.identity.ca_der().to_vec(),
         })
     }
@@ -276,7 +221,7 @@ impl Appliance {
         let live = self.render.live_nodes();
         Ok(devices
             .into_iter()
-            .filter(|d| is_node(&d.id))
+            .filter(|d| is_render_node(&d.id))
             .map(|d| {
                 let l = live.iter().find(|l| l.0 == d.id);
                 NodeInfo {

@@ -81,6 +81,41 @@ struct Inner {
     audit: Vec<AuditRecord>,
 }
 
+impl Inner {
+    /// The next task for node `id`, if one fits it: leased, with its inputs (the job's files
+    /// and the outputs of the steps it waits for).
+    fn assign_to(&mut self, now: Millis, id: &str) -> Result<Option<TaskAssignment>, ApiError> {
+        let Some(a) = self.farm.assign_node(now, id) else {
+            return Ok(None);
+        };
+        let t = a.lease.task;
+        let meta = self.farm.job_meta(t.job).cloned();
+        let Some((meta, job)) = meta.zip(self.jobs.get_mut(&t.job)) else {
+            return Err(farm_err(FarmError::NoJob(t.job)));
+        };
+        let mut inputs = job.inputs.clone();
+        for d in &meta.steps[t.step].depends_on {
+            for x in &job.tasks[*d] {
+                inputs.extend(x.outputs.iter().cloned());
+            }
+        }
+        let x = &mut job.tasks[t.step][t.task];
+        x.node = Some(id.to_owned());
+        x.progress = None;
+        x.log_tail.clear();
+        self.dirty.insert(t);
+        tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, attempt = a.attempt, "task assigned");
+        Ok(Some(TaskAssignment {
+            lease: wire(a.lease),
+            job_name: meta.name.clone(),
+            step: meta.steps[t.step].name.clone(),
+            argv: x.argv.clone(),
+            inputs,
+            attempt: a.attempt,
+        }))
+    }
+}
+
 /// The appliance's render farm.
 #[derive(Debug)]
 pub struct RenderFarm {
@@ -537,12 +572,10 @@ impl RenderFarm {
         self.with(|inner| {
             let now = now_ms();
             let running = w.running.map(unwire);
-            let stop = inner.farm.node_seen(
-                now,
-                id,
-                w.caps.tags.iter().cloned().collect(),
-                running,
-            );
+            let stop =
+                inner
+                    .farm
+                    .node_seen(now, id, w.caps.tags.iter().cloned().collect(), running);
             inner.nodes.insert(
                 id.to_owned(),
                 LiveNode {
@@ -571,40 +604,8 @@ impl RenderFarm {
                     stop: stop.map(wire),
                 });
             }
-            let Some(a) = inner.farm.assign_node(now, id) else {
-                return Ok(WorkReply {
-                    task: None,
-                    stop: None,
-                });
-            };
-            let t = a.lease.task;
-            let meta = inner.farm.job_meta(t.job).cloned();
-            let Some((meta, job)) = meta.zip(inner.jobs.get_mut(&t.job)) else {
-                return Err(farm_err(FarmError::NoJob(t.job)));
-            };
-            // Inputs: the job's files and the outputs of the steps this one waits for.
-            let mut inputs = job.inputs.clone();
-            for d in &meta.steps[t.step].depends_on {
-                for x in &job.tasks[*d] {
-                    inputs.extend(x.outputs.iter().cloned());
-                }
-            }
-            let x = &mut job.tasks[t.step][t.task];
-            x.node = Some(id.to_owned());
-            x.progress = None;
-            x.log_tail.clear();
-            inner.dirty.insert(t);
-            let argv = x.argv.clone();
-            tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, attempt = a.attempt, "task assigned");
             Ok(WorkReply {
-                task: Some(TaskAssignment {
-                    lease: wire(a.lease),
-                    job_name: meta.name.clone(),
-                    step: meta.steps[t.step].name.clone(),
-                    argv,
-                    inputs,
-                    attempt: a.attempt,
-                }),
+                task: inner.assign_to(now, id)?,
                 stop: None,
             })
         })
@@ -638,8 +639,9 @@ impl RenderFarm {
         }
     }
 
-    /// A node reports a finished task; its outputs must be stored already.
-    pub fn task_done(&self, id: &str, done: TaskDone) -> Result<(), ApiError> {
+    /// A node reports a finished task (its outputs stored already) and gets its next task,
+    /// if one fits, in the same transaction: one durable commit per task.
+    pub fn task_done(&self, id: &str, done: TaskDone) -> Result<Option<TaskAssignment>, ApiError> {
         let lease = unwire(done.lease);
         let t = lease.task;
         let out = self.with(|inner| {
@@ -693,7 +695,7 @@ impl RenderFarm {
                     detail: format!("job {} '{name}' {}", t.job, state.as_str()),
                 });
             }
-            Ok(())
+            inner.assign_to(now_ms(), id)
         });
         self.work.notify_waiters();
         out

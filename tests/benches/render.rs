@@ -1,0 +1,176 @@
+//! Render farm benchmark (`make bench-render`). Figures, not pass/fail; each is printed next
+//! to a baseline measured in the same run:
+//!
+//! 1. throughput: the same CPU-bound commands through the farm (a daemon and N local nodes)
+//!    and through `xargs -P N` directly — ratio of the times (goal >= 0.95);
+//! 2. scheduling overhead: 10,000 no-op tasks through the farm against `xargs -P N` running
+//!    the same `sh -c true` 10,000 times — the extra time per task (goal <= 2 ms);
+//! 3. the scheduler alone (the sans-IO farm, in process) over 10,000 tasks, per task.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use periphery_e2e::{blender_scene, wait_for, Daemon, DaemonOptions, RenderNode};
+use periphery_render::farm::{Farm, JobRequest};
+
+const NODES: usize = 2;
+
+/// Runs `cmd` with `$1` = `i-i` for i in 1..=n, N at a time; returns the wall time.
+fn xargs(cmd: &str, n: usize) -> Duration {
+    let input: String = (1..=n).map(|i| format!("{i}-{i}\n")).collect();
+    let t = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &NODES.to_string(), "-n", "1", "sh", "-c", cmd, "sh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    t.elapsed()
+}
+
+/// Queues `cmd` over frames 1..=n and waits for the job; returns the wall time.
+fn farm(d: &Daemon, cmd: &str, n: usize) -> Duration {
+    let frames = format!("1-{n}");
+    submit_and_wait(d, &[cmd, "--command", "--frames", &frames])
+}
+
+/// `render submit <args> --no-wait`, then waits for the job; returns the wall time.
+fn submit_and_wait(d: &Daemon, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let mut all = vec!["render", "submit"];
+    all.extend_from_slice(args);
+    all.push("--no-wait");
+    let out = d.ok(&all);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("queued job "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    wait_for("the job", Duration::from_secs(1200), || {
+        let list = d.ok(&["render", "list"]);
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&format!("job {id} ")))?
+            .to_owned();
+        assert!(!line.contains("failed "), "{line}");
+        line.contains(" done ").then_some(())
+    });
+    t.elapsed()
+}
+
+fn scheduler_alone(tasks: usize) -> (Duration, Duration) {
+    let mut f = Farm::new();
+    f.submit(
+        0,
+        JobRequest {
+            name: "noop".into(),
+            priority: 50,
+            tags: BTreeSet::new(),
+            steps: vec![("Run".into(), vec![], tasks)],
+        },
+    )
+    .unwrap();
+    for n in 0..NODES {
+        f.node_seen(0, &format!("n{n}"), BTreeSet::new(), None);
+    }
+    let t = Instant::now();
+    let mut now = 1;
+    while f.progress(1).unwrap().done < tasks {
+        for a in f.assign(now) {
+            f.finished(now, &a.node, a.lease, Ok(())).unwrap();
+        }
+        now += 1;
+    }
+    let farm = t.elapsed();
+    // Baseline: handing out the same number of work items from a queue.
+    let t = Instant::now();
+    let mut q: std::collections::VecDeque<usize> = (0..tasks).collect();
+    let mut done = 0usize;
+    while let Some(i) = q.pop_front() {
+        done = done.wrapping_add(std::hint::black_box(i));
+    }
+    std::hint::black_box(done);
+    (farm, t.elapsed())
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("state"), DaemonOptions::default());
+    let nodes: Vec<RenderNode> = (0..NODES)
+        .map(|i| RenderNode::start(&d, dir.path(), &format!("n{i}"), None))
+        .collect();
+    d.wait_render_nodes(NODES);
+
+    let busy = "i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done";
+    let n = 40;
+    let base = xargs(busy, n);
+    let through = farm(&d, busy, n);
+    println!(
+        "throughput: {n} CPU-bound tasks on {NODES} nodes: farm {:.2} s, xargs -P {NODES} {:.2} s; ratio {:.2} (goal >= 0.95)",
+        through.as_secs_f64(),
+        base.as_secs_f64(),
+        base.as_secs_f64() / through.as_secs_f64()
+    );
+
+    let n = 10_000;
+    let base = xargs("true", n);
+    let through = farm(&d, "true", n);
+    let extra = (through.as_secs_f64() - base.as_secs_f64()) * NODES as f64 / n as f64;
+    println!(
+        "overhead: {n} no-op tasks on {NODES} nodes: farm {:.2} s, xargs -P {NODES} {:.2} s; ratio {:.2}; extra per task per node {:.2} ms (goal <= 2 ms)",
+        through.as_secs_f64(),
+        base.as_secs_f64(),
+        base.as_secs_f64() / through.as_secs_f64(),
+        extra * 1000.0
+    );
+
+    // Blender: what starting Blender and loading the scene costs per task, against one
+    // Blender process rendering all 10 frames of the test scene.
+    let scene = blender_scene(dir.path());
+    let s = scene.to_str().unwrap();
+    let t = Instant::now();
+    let direct = Command::new("blender")
+        .args(periphery_render::blender::args(
+            s,
+            dir.path().join("direct").to_str().unwrap(),
+            1,
+            10,
+        ))
+        .output()
+        .unwrap();
+    assert!(direct.status.success());
+    let one_process = t.elapsed();
+    for chunk in ["1", "5"] {
+        let took = submit_and_wait(&d, &[s, "--frames", "1-10", "--chunk", chunk]);
+        println!(
+            "blender: 10 frames 64x64, chunk {chunk}, on {NODES} nodes: {:.2} s, {:.0} ms a frame of node time; one Blender rendering all 10 alone: {:.2} s ({:.0} ms a frame); ratio {:.2}",
+            took.as_secs_f64(),
+            took.as_secs_f64() * NODES as f64 * 100.0,
+            one_process.as_secs_f64(),
+            one_process.as_secs_f64() * 100.0,
+            one_process.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+
+    let (alone, queue) = scheduler_alone(n);
+    println!(
+        "scheduler alone: {n} tasks in {:.1} ms ({:.1} us a task); a bare queue {:.3} ms; ratio {:.0}x",
+        alone.as_secs_f64() * 1000.0,
+        alone.as_secs_f64() * 1e6 / n as f64,
+        queue.as_secs_f64() * 1000.0,
+        alone.as_secs_f64() / queue.as_secs_f64().max(1e-9)
+    );
+    drop(nodes);
+}
