@@ -74,9 +74,9 @@ fn unexpected(r: Response) -> RenderCliError {
 /// Render farm commands.
 #[derive(Debug, Subcommand)]
 pub enum RenderCommand {
-    /// Queue a job: a Blender scene (`.blend`), or an Open Job Description template
-    /// (`.yaml`, `.yml`, `.json`); then show its progress until it ends (Ctrl-C leaves it
-    /// running).
+    /// Queue a job: a Blender scene (`.blend`), an Open Job Description template (`.yaml`,
+    /// `.yml`, `.json`), or a directory of PNG frames to encode (with `--video`); then show
+    /// its progress until it ends (Ctrl-C leaves it running).
     Submit {
         /// The scene or the template.
         file: PathBuf,
@@ -397,6 +397,29 @@ pub async fn run<R: Requester>(c: &mut R, cmd: RenderCommand) -> Result<(), Rend
             let template = if command {
                 ps.push(("Command".into(), file.display().to_string()));
                 TemplateSource::Builtin("command".into())
+            } else if file.is_dir() {
+                let video = video.clone().ok_or_else(|| {
+                    RenderCliError::Usage(format!(
+                        "{} is a directory: give --video to encode its PNG frames",
+                        file.display()
+                    ))
+                })?;
+                let read = |source| RenderCliError::Read {
+                    path: file.clone(),
+                    source,
+                };
+                let mut pngs: Vec<PathBuf> = std::fs::read_dir(&file)
+                    .map_err(read)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "png"))
+                    .collect();
+                pngs.sort();
+                for p in &pngs {
+                    refs.push(upload(c, p, &format!("frames/{}", file_name(p)?)).await?);
+                }
+                ps.push(("Video".into(), video));
+                ps.push(("Fps".into(), fps.to_string()));
+                TemplateSource::Builtin("assemble".into())
             } else if matches!(ext, "yaml" | "yml" | "json") {
                 TemplateSource::Document(std::fs::read_to_string(&file).map_err(|source| {
                     RenderCliError::Read {

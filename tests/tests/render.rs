@@ -266,6 +266,18 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
         "the renderer's output is attached: {show}"
     );
     watch_ok(&d, good);
+    // Held, then retried: the failed task waits (and says why) until the job resumes, then
+    // fails again on its own three attempts.
+    let b = bad.to_string();
+    d.ok(&["render", "pause", &b]);
+    d.ok(&["render", "retry", &b, "--failed"]);
+    let line = task_line(&d, bad, "Render[0]");
+    assert!(line.contains("waiting"), "{line}");
+    assert!(d.ok(&["render", "why", &b]).contains("paused"));
+    d.ok(&["render", "resume", &b]);
+    let watched = d.cli(&["render", "watch", &b]);
+    assert!(!watched.status.success());
+    assert!(task_line(&d, bad, "Render[0]").contains("failures 3"));
     // A template whose renderer this node does not have: the task fails with the reason.
     let template = dir.path().join("maya.yaml");
     std::fs::write(
@@ -564,4 +576,32 @@ fn a_tablet_queues_and_watches_jobs_of_its_own_user_only() {
     assert!(err.contains("belongs to another user"), "{err}");
     let err = bob.fails(&["render", "node-token"]);
     assert!(err.contains("administrator"), "{err}");
+}
+
+#[test]
+fn a_directory_of_frames_is_assembled_into_a_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let _n = Node::start(&d, dir.path(), "n", None);
+    d.wait_render_nodes(1);
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..6u8 {
+        let f = std::fs::File::create(frames.join(format!("{i:04}.png"))).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 64, 48);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let px: Vec<u8> = (0..64 * 48)
+            .flat_map(|p| [(p % 64) as u8 * 4, i * 40, 90])
+            .collect();
+        enc.write_header().unwrap().write_image_data(&px).unwrap();
+    }
+    let f = frames.to_str().unwrap();
+    let err = String::from_utf8_lossy(&d.cli(&["render", "submit", f]).stderr).into_owned();
+    assert!(err.contains("give --video"), "{err}");
+    let job = job_id(&d.ok(&["render", "submit", f, "--video", "clip.mkv", "--fps", "12"]));
+    let video = dir
+        .path()
+        .join(format!("state/render/jobs/{job}/out/clip.mkv"));
+    assert_eq!(periphery_media::video::count_frames(&video).unwrap(), 6);
 }

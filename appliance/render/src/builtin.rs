@@ -1,6 +1,6 @@
 //! The built-in job templates: Open Job Description documents like any other, chosen by name
-//! (`periphery render submit scene.blend …` uses `blender` or `blender-video`; `--command`
-//! uses `command`). A cloud farm that takes OpenJD can run them as they are, given
+//! (`periphery render submit scene.blend …` uses `blender` or `blender-video`, a directory of
+//! frames with `--video` uses `assemble`, `--command` uses `command`). A cloud farm that takes OpenJD can run them as they are, given
 //! `periphery-render-node` on its workers for the Blender and assembly helpers.
 
 // The parts the two Blender templates share, as literals so `concat!` can join them.
@@ -82,6 +82,30 @@ steps:"#,
 "#
 );
 
+/// FFmpeg assembly alone: the PNG frames under `frames/` (in name order) encoded into
+/// `out/<Video>` at `Fps`.
+pub const ASSEMBLE: &str = r#"
+specificationVersion: jobtemplate-2023-09
+name: "assemble {{Param.Video}}"
+parameterDefinitions:
+  - name: Video
+    type: STRING
+    default: video.mp4
+    minLength: 1
+  - name: Fps
+    type: INT
+    default: 24
+    minValue: 1
+    maxValue: 240
+steps:
+  - name: Assemble
+    script:
+      actions:
+        onRun:
+          command: periphery-render-node
+          args: [assemble, --fps, "{{Param.Fps}}", frames, "out/{{Param.Video}}"]
+"#;
+
 /// Any command line over a frame range: each task runs `sh -c Command` with the chunk of
 /// frames (`1-5`; a single frame is `7-7`) as `$1`.
 pub const COMMAND: &str = r#"
@@ -124,13 +148,14 @@ pub fn by_name(name: &str) -> Option<&'static str> {
     match name {
         "blender" => Some(BLENDER),
         "blender-video" => Some(BLENDER_VIDEO),
+        "assemble" => Some(ASSEMBLE),
         "command" => Some(COMMAND),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows.
-pub const NAMES: &[&str] = &["blender", "blender-video", "command"];
+pub const NAMES: &[&str] = &["blender", "blender-video", "assemble", "command"];
 
 #[cfg(test)]
 mod tests {

@@ -361,6 +361,13 @@ impl RenderFarm {
                 )));
             }
         }
+        if builtin_name == Some("assemble")
+            && !sub.inputs.iter().any(|f| f.path.starts_with("frames/"))
+        {
+            return Err(invalid(
+                "an assembly needs PNG frames, uploaded under frames/",
+            ));
+        }
         if builtin_name.is_some_and(|n| n.starts_with("blender")) {
             let scene = sub
                 .params
