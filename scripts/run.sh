@@ -54,6 +54,8 @@ echo "The appliance is running (state in $state). Try, in another terminal:"
 echo "  $periphery --state-dir $state status"
 echo "  $periphery --state-dir $state ws screenshot desktop out.png"
 echo "  $periphery --state-dir $state device pair-code --user demo"
+echo "  $periphery --state-dir $state render nodes          # the appliance's own render node"
+echo "  $tablet --home $tablet_home render submit 'echo hi > out/hi.txt' --command"
 if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   echo "The local tablet now mirrors the demo desktop in a window (wgpu; it says which adapter it"
   echo "uses), prints a stats line per second, and saves $run_dir/tablet.png when you leave."

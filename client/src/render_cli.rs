@@ -530,7 +530,11 @@ pub async fn run<R: Requester>(c: &mut R, cmd: RenderCommand) -> Result<(), Rend
                     n.caps.cores,
                     n.caps.memory_bytes >> 20,
                     renderers.join(", "),
-                    n.caps.tags.join(","),
+                    if n.caps.tags.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        n.caps.tags.join(",")
+                    },
                     if n.caps.gpus.is_empty() {
                         "none".to_owned()
                     } else {
