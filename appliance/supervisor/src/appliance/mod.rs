@@ -930,6 +930,64 @@ mod tests {
     }
 
     #[test]
+    fn render_nodes_ask_for_work_and_files_and_nothing_else() {
+        let node = Caller::Node {
+            id: "n-1".into(),
+            name: "big".into(),
+        };
+        let work = Request::NodeWork(periphery_protocol::render::NodeWork {
+            caps: Default::default(),
+            running: None,
+            progress: None,
+            log: vec![],
+            wait_ms: 0,
+        });
+        let blob = Request::BlobMissing { hashes: vec![] };
+        assert_eq!(code(authorize(&node, &work)), None);
+        assert_eq!(code(authorize(&node, &blob)), None);
+        for r in [
+            Request::Whoami,
+            Request::WorkstationList,
+            Request::RenderList,
+        ] {
+            assert_eq!(
+                code(authorize(&node, &r)),
+                Some(ErrorCode::Forbidden),
+                "{r:?}"
+            );
+        }
+        // A tablet cannot pose as a node, and only admins make join tokens.
+        let alice = device("alice", Role::User);
+        assert_eq!(code(authorize(&alice, &work)), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            code(authorize(&alice, &Request::RenderNodeToken)),
+            Some(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn a_workstation_session_runs_render_requests_only() {
+        let session = Caller::Session {
+            user: "alice".into(),
+            role: Role::Admin,
+            ws: "design".into(),
+        };
+        assert_eq!(code(authorize(&session, &Request::RenderList)), None);
+        for r in [
+            Request::Status,
+            Request::Whoami,
+            Request::RenderNodeToken,
+            Request::WorkstationList,
+        ] {
+            assert_eq!(
+                code(authorize(&session, &r)),
+                Some(ErrorCode::Forbidden),
+                "{r:?}: even an admin's session"
+            );
+        }
+    }
+
+    #[test]
     fn user_names_are_checked() {
         assert!(valid_user_name("alice"));
         assert!(valid_user_name("a.b-c_9"));
