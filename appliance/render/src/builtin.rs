@@ -24,10 +24,10 @@ parameterDefinitions:
     };
 }
 
-macro_rules! blender_render_step {
+// A step's task parameter `Frame`: the job's `Frames` in chunks of at most `Chunk`.
+macro_rules! chunked_frames {
     () => {
         r#"
-  - name: Render
     parameterSpace:
       taskParameterDefinitions:
         - name: Frame
@@ -36,12 +36,40 @@ macro_rules! blender_render_step {
           chunks:
             defaultTaskCount: "{{Param.Chunk}}"
             rangeConstraint: CONTIGUOUS
-    script:
+"#
+    };
+}
+
+// `Video` and `Fps`: what an assembly makes.
+macro_rules! video_parameters {
+    () => {
+        r#"
+  - name: Video
+    type: STRING
+    default: video.mp4
+    minLength: 1
+  - name: Fps
+    type: INT
+    default: 24
+    minValue: 1
+    maxValue: 240
+"#
+    };
+}
+
+macro_rules! blender_render_step {
+    () => {
+        concat!(
+            r#"
+  - name: Render"#,
+            chunked_frames!(),
+            r#"    script:
       actions:
         onRun:
           command: periphery-render-node
           args: [blender, "{{Param.Scene}}", "{{Task.Param.Frame}}", out]
 "#
+        )
     };
 }
 
@@ -59,16 +87,8 @@ steps:"#,
 /// at `Fps` through `periphery-render-node assemble`.
 pub const BLENDER_VIDEO: &str = concat!(
     blender_parameters!(),
-    r#"  - name: Video
-    type: STRING
-    default: video.mp4
-    minLength: 1
-  - name: Fps
-    type: INT
-    default: 24
-    minValue: 1
-    maxValue: 240
-name: "{{Param.Scene}} {{Param.Frames}} -> {{Param.Video}}"
+    video_parameters!(),
+    r#"name: "{{Param.Scene}} {{Param.Frames}} -> {{Param.Video}}"
 steps:"#,
     blender_render_step!(),
     r#"  - name: Assemble
@@ -84,31 +104,26 @@ steps:"#,
 
 /// FFmpeg assembly alone: the PNG frames under `frames/` (in name order) encoded into
 /// `out/<Video>` at `Fps`.
-pub const ASSEMBLE: &str = r#"
+pub const ASSEMBLE: &str = concat!(
+    r#"
 specificationVersion: jobtemplate-2023-09
 name: "assemble {{Param.Video}}"
-parameterDefinitions:
-  - name: Video
-    type: STRING
-    default: video.mp4
-    minLength: 1
-  - name: Fps
-    type: INT
-    default: 24
-    minValue: 1
-    maxValue: 240
-steps:
+parameterDefinitions:"#,
+    video_parameters!(),
+    r#"steps:
   - name: Assemble
     script:
       actions:
         onRun:
           command: periphery-render-node
           args: [assemble, --fps, "{{Param.Fps}}", frames, "out/{{Param.Video}}"]
-"#;
+"#
+);
 
 /// Any command line over a frame range: each task runs `sh -c Command` with the chunk of
 /// frames (`1-5`; a single frame is `7-7`) as `$1`.
-pub const COMMAND: &str = r#"
+pub const COMMAND: &str = concat!(
+    r#"
 specificationVersion: jobtemplate-2023-09
 extensions: [TASK_CHUNKING]
 name: "{{Param.Name}}"
@@ -127,21 +142,15 @@ parameterDefinitions:
     default: 1
     minValue: 1
 steps:
-  - name: Run
-    parameterSpace:
-      taskParameterDefinitions:
-        - name: Frame
-          type: CHUNK[INT]
-          range: "{{Param.Frames}}"
-          chunks:
-            defaultTaskCount: "{{Param.Chunk}}"
-            rangeConstraint: CONTIGUOUS
-    script:
+  - name: Run"#,
+    chunked_frames!(),
+    r#"    script:
       actions:
         onRun:
           command: sh
           args: ["-c", "{{Param.Command}}", "sh", "{{Task.Param.Frame}}"]
-"#;
+"#
+);
 
 /// A built-in template by name.
 pub fn by_name(name: &str) -> Option<&'static str> {
