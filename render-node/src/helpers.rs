@@ -4,11 +4,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
 use periphery_render::blender::{args, parse_line, parse_range, Event};
+
+use crate::spawn::Out;
 
 /// Renders frames `frames` (`1-5`, `7`) of `scene` into `out/####.png` with the `blender`
 /// on PATH. Blender's lines pass through; an error line, a non-zero exit or a frame not
@@ -24,20 +25,18 @@ pub fn blender(scene: &str, frames: &str, out: &str) -> anyhow::Result<()> {
     let cwd = std::env::current_dir()?;
     let (scene, out) = (cwd.join(scene), cwd.join(out));
     let (scene, out) = (scene.to_string_lossy(), out.to_string_lossy());
-    let mut cmd = Command::new("blender");
-    cmd.args(args(&scene, &out, start, end))
-        .current_dir(&cwd)
-        .env("PWD", &cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    crate::die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .context("cannot run blender (is it installed and on PATH?)")?;
+    let mut child = crate::spawn::spawn(
+        Path::new("blender"),
+        &args(&scene, &out, start, end),
+        &cwd,
+        Out::Pipe,
+        Out::Inherit,
+    )
+    .context("cannot run blender (is it installed and on PATH?)")?;
     let mut error = None;
     let mut saved = 0;
     if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(std::fs::File::from(stdout)).lines() {
             let line = line.unwrap_or_default();
             println!("{line}");
             match parse_line(&line) {
@@ -47,7 +46,7 @@ pub fn blender(scene: &str, frames: &str, out: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let status = child.wait()?;
+    let status = child.wait_blocking()?;
     if let Some(e) = error {
         bail!("{e}");
     }

@@ -10,6 +10,7 @@
 mod helpers;
 mod home;
 mod run;
+mod spawn;
 
 use std::path::PathBuf;
 
@@ -84,31 +85,6 @@ enum Command {
         /// The video file (the container follows its extension).
         video: PathBuf,
     },
-}
-
-/// Lets `cmd` die with this process and lead a process group of its own.
-pub fn die_with_parent(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-    // async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-/// Sends SIGKILL to the process group `pid` leads.
-pub fn kill_group(pid: u32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory is shared.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
 }
 
 fn caps(tags: Vec<String>) -> NodeCaps {

@@ -24,6 +24,7 @@ use periphery_protocol::{Request, Response};
 use periphery_render::blender::{parse_line, Event};
 
 use crate::home::Credentials;
+use crate::spawn::Out;
 
 const SOFTWARE: &str = concat!("periphery-render-node ", env!("CARGO_PKG_VERSION"));
 /// Lines of output kept for the report.
@@ -264,32 +265,14 @@ impl Node {
         } else {
             PathBuf::from(program)
         };
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&t.argv[1..])
-            .current_dir(work)
-            .env("PWD", work)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        crate::die_with_parent(cmd.as_std_mut());
-        let mut child = cmd
-            .spawn()
+        let mut child = crate::spawn::spawn(&program, &t.argv[1..], work, Out::Pipe, Out::Pipe)
             .with_context(|| format!("cannot run {}", program.display()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
+        for pipe in [child.stdout.take(), child.stderr.take()]
+            .into_iter()
+            .flatten()
         {
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
@@ -343,7 +326,9 @@ impl Node {
                     };
                     match link.request(Request::NodeWork(hb)).await {
                         Ok(Response::Work(w)) if w.stop == Some(t.lease) => {
-                            stop(&mut child).await;
+                            // The command leads its own process group: stop all of it.
+                            child.kill();
+                            let _ = child.wait().await;
                             return Ok(None);
                         }
                         Ok(_) => {}
@@ -424,12 +409,4 @@ impl Node {
         }
         Ok(files.into_iter().map(|f| f.1).collect())
     }
-}
-
-async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // The task's command leads its own process group: stop all of it.
-        crate::kill_group(pid);
-    }
-    let _ = child.kill().await;
 }
