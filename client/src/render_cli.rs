@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::Subcommand;
 
@@ -287,12 +286,20 @@ async fn detail<R: Requester>(c: &mut R, req: Request) -> Result<JobDetail, Rend
 }
 
 /// A job's summary, without its tasks (cheap to poll, whatever the job's size).
-async fn summary<R: Requester>(c: &mut R, job: u64) -> Result<JobSummary, RenderCliError> {
-    match ask(c, Request::RenderList).await? {
-        Response::RenderJobs(jobs) => jobs
-            .into_iter()
-            .find(|j| j.id == job)
-            .ok_or_else(|| RenderCliError::Unexpected(format!("job {job} is no longer listed"))),
+/// The job's summary once it differs from `seen` (the appliance holds the request until it
+/// does, or for a few seconds).
+async fn next_summary<R: Requester>(
+    c: &mut R,
+    job: u64,
+    seen: &JobSummary,
+) -> Result<JobSummary, RenderCliError> {
+    let req = Request::RenderWatch {
+        job,
+        seen: Some(seen.clone()),
+        wait_ms: 5_000,
+    };
+    match ask(c, req).await? {
+        Response::RenderSummary(s) => Ok(s),
         other => Err(unexpected(other)),
     }
 }
@@ -360,10 +367,7 @@ async fn watch<R: Requester>(c: &mut R, job: u64) -> Result<(), RenderCliError> 
                     state: s.state,
                 });
             }
-            _ => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                s = summary(c, job).await?;
-            }
+            _ => s = next_summary(c, job, &s).await?,
         }
     }
 }

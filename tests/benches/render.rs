@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use periphery_e2e::{blender_scene, Daemon, DaemonOptions, RenderNode};
+use periphery_e2e::{blender_scene, cpu_time, Daemon, DaemonOptions, RenderNode};
 use periphery_render::farm::{Farm, JobRequest};
 
 const NODES: usize = 2;
@@ -106,15 +106,43 @@ fn scheduler_alone(tasks: usize) -> (Duration, Duration) {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("state"), DaemonOptions::default());
+    // Logging as in production.
+    let opts = DaemonOptions {
+        log_level: Some("info".into()),
+        ..DaemonOptions::default()
+    };
+    let d = Daemon::start(&dir.path().join("state"), opts);
     let nodes: Vec<RenderNode> = (0..NODES)
-        .map(|i| RenderNode::start(&d, dir.path(), &format!("n{i}"), None))
+        .map(|i| RenderNode::start_logging(&d, dir.path(), &format!("n{i}"), None, "info"))
         .collect();
+    let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
+    // CPU time so far: the daemon's, the nodes' own, the tasks'.
+    let cpu = || {
+        let (daemon, _) = cpu_time(d.pid());
+        let (mut node, mut tasks) = (Duration::ZERO, Duration::ZERO);
+        for &p in &pids {
+            let (own, children) = cpu_time(p);
+            node += own;
+            tasks += children;
+        }
+        [daemon, node, tasks]
+    };
+    let breakdown = |before: [Duration; 3], n: usize| {
+        let after = cpu();
+        let ms = |i: usize| (after[i] - before[i]).as_secs_f64() * 1000.0 / n as f64;
+        println!(
+            "  CPU a task: appliance {:.2} ms, node {:.2} ms, the command {:.2} ms",
+            ms(0),
+            ms(1),
+            ms(2)
+        );
+    };
     d.wait_render_nodes(NODES);
 
     let busy = "i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done";
     let n = 40;
     let base = xargs(busy, n);
+    let before = cpu();
     let through = farm(&d, busy, n);
     println!(
         "throughput: {n} CPU-bound tasks on {NODES} nodes: farm {:.2} s, xargs -P {NODES} {:.2} s; ratio {:.2} (goal >= 0.95)",
@@ -122,9 +150,11 @@ fn main() {
         base.as_secs_f64(),
         base.as_secs_f64() / through.as_secs_f64()
     );
+    breakdown(before, n);
 
     let n = 10_000;
     let base = xargs("true", n);
+    let before = cpu();
     let through = farm(&d, "true", n);
     let extra = (through.as_secs_f64() - base.as_secs_f64()) * NODES as f64 / n as f64;
     println!(
@@ -134,6 +164,7 @@ fn main() {
         base.as_secs_f64() / through.as_secs_f64(),
         extra * 1000.0
     );
+    breakdown(before, n);
 
     // Blender: what starting Blender and loading the scene costs per task, against one
     // Blender process rendering all 10 frames of the test scene.

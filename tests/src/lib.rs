@@ -84,6 +84,8 @@ pub struct DaemonOptions {
     /// Let the appliance run its own render node (off in tests unless asked for, so each
     /// test decides which nodes exist).
     pub local_node: bool,
+    /// `--log-level` (default `debug`; benchmarks use the production default, `info`).
+    pub log_level: Option<String>,
 }
 
 impl Daemon {
@@ -106,7 +108,7 @@ impl Daemon {
             "--listen".into(),
             opts.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
             "--log-level".into(),
-            "debug".into(),
+            opts.log_level.clone().unwrap_or_else(|| "debug".into()),
         ]);
         if !opts.discovery {
             args.push("--no-discovery".into());
@@ -145,6 +147,11 @@ impl Daemon {
             child,
             prefix,
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Runs `periphery --state-dir <state> args...` (inside the namespace, if any).
@@ -413,6 +420,17 @@ impl RenderNode {
     /// Joins `daemon` with a fresh token and starts working; `path_first` goes before PATH
     /// (a directory with a fake `blender`, say).
     pub fn start(daemon: &Daemon, dir: &Path, name: &str, path_first: Option<&Path>) -> Self {
+        Self::start_logging(daemon, dir, name, path_first, "debug")
+    }
+
+    /// [`RenderNode::start`] with `PERIPHERY_LOG` set to `level`.
+    pub fn start_logging(
+        daemon: &Daemon,
+        dir: &Path,
+        name: &str,
+        path_first: Option<&Path>,
+        level: &str,
+    ) -> Self {
         let token = daemon.ok(&["render", "node-token"]).trim().to_owned();
         let home = dir.join(name);
         let out = Command::new(bin("periphery-render-node"))
@@ -436,7 +454,7 @@ impl RenderNode {
             .arg(&home)
             .arg("run")
             .env("PATH", path)
-            .env("PERIPHERY_LOG", "debug")
+            .env("PERIPHERY_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -470,6 +488,22 @@ impl Daemon {
             (live >= n).then_some(())
         });
     }
+}
+
+/// CPU time a process has used: (its own, its reaped children's).
+pub fn cpu_time(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat(5); `rest` starts at field 3.
+    let tick = |i: usize| f.get(i - 3).copied().unwrap_or(0);
+    // In USER_HZ ticks, 100 a second on Linux.
+    let d = |t: u64| Duration::from_millis(t * 10);
+    (d(tick(14) + tick(15)), d(tick(16) + tick(17)))
 }
 
 /// A Cycles scene of a few objects, the cube turning over 10 frames, 64x64.

@@ -521,6 +521,17 @@ pub enum Request {
     /// one fits it; else it asks with [`Request::NodeWork`]), or an error when the node no
     /// longer holds the lease (its outputs are then discarded).
     NodeTaskDone(crate::render::TaskDone),
+    /// A job's summary once its state or task counts differ from `seen` (at once without
+    /// `seen`), or after `wait_ms` (capped at 10 s) when nothing changed: how `render watch`
+    /// follows a job without polling. Answer: [`Response::RenderSummary`].
+    RenderWatch {
+        /// Job id.
+        job: u64,
+        /// The summary the caller has.
+        seen: Option<crate::render::JobSummary>,
+        /// How long to hold the request while nothing changes.
+        wait_ms: u32,
+    },
 }
 
 /// A tablet's figures over its last window.
@@ -620,6 +631,7 @@ impl Request {
             Request::NodeJoin { .. } => "node-join",
             Request::NodeWork(_) => "node-work",
             Request::NodeTaskDone(_) => "node-task-done",
+            Request::RenderWatch { .. } => "render-watch",
         }
     }
 }
@@ -709,6 +721,8 @@ pub enum Response {
     },
     /// Work for a node.
     Work(crate::render::WorkReply),
+    /// A render job's summary.
+    RenderSummary(crate::render::JobSummary),
 }
 
 /// What a tablet receives when it is paired.

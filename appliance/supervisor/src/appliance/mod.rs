@@ -137,6 +137,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             | Request::RenderSubmit(_)
             | Request::RenderList
             | Request::RenderShow { .. }
+            | Request::RenderWatch { .. }
             | Request::RenderControl { .. }
             | Request::RenderNodes => Ok(()),
             _ => Err(ApiError::new(
@@ -223,6 +224,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::RenderSubmit(_)
         | Request::RenderList
         | Request::RenderShow { .. }
+        | Request::RenderWatch { .. }
         | Request::RenderControl { .. }
         | Request::RenderNodes => paired(),
         Request::RenderNodeToken => admin_only(),
@@ -639,6 +641,7 @@ impl Appliance {
             | Request::RenderSubmit(_)
             | Request::RenderList
             | Request::RenderShow { .. }
+            | Request::RenderWatch { .. }
             | Request::RenderControl { .. }
             | Request::RenderNodes
             | Request::RenderNodeToken

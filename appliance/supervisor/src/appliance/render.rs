@@ -146,6 +146,13 @@ impl Appliance {
                     self.render_blocking(move |r| r.show(job)).await?,
                 ))
             }
+            Request::RenderWatch { job, seen, wait_ms } => {
+                self.own_job(&conv.caller, job)?;
+                let wait = std::time::Duration::from_millis(wait_ms.into());
+                Ok(Response::RenderSummary(
+                    self.render.watch(job, seen, wait).await?,
+                ))
+            }
             Request::RenderControl { job, action } => {
                 self.own_job(&conv.caller, job)?;
                 Ok(Response::RenderJob(

@@ -37,6 +37,8 @@ use blobs::Blobs;
 const LOG_TAIL: usize = 40;
 /// The longest a node's request for work is held.
 const MAX_WAIT: Duration = Duration::from_secs(10);
+/// A watcher hears of progress at most this often (a job's end at once).
+const WATCH_COALESCE: Duration = Duration::from_millis(100);
 
 /// Unix milliseconds now.
 pub fn now_ms() -> Millis {
@@ -125,6 +127,8 @@ pub struct RenderFarm {
     pub blobs: Blobs,
     jobs_dir: PathBuf,
     work: tokio::sync::Notify,
+    /// Something about a job changed (watchers look).
+    changed: tokio::sync::Notify,
     /// Whether the appliance's own node runs, or why not.
     pub local_node: Mutex<String>,
 }
@@ -250,6 +254,7 @@ impl RenderFarm {
             blobs: Blobs::new(state_dir.join("blobs")),
             jobs_dir: state_dir.join("render").join("jobs"),
             work: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
             local_node: Mutex::new("starting".into()),
         })
     }
@@ -298,7 +303,12 @@ impl RenderFarm {
             ));
         }
         let audit = std::mem::take(&mut inner.audit);
-        self.store.write_render(&job_rows, &task_rows, &audit)
+        if job_rows.is_empty() && task_rows.is_empty() && audit.is_empty() {
+            return Ok(());
+        }
+        self.store.write_render(&job_rows, &task_rows, &audit)?;
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// Runs `f` on the farm and commits what it changed before returning its outcome.
@@ -456,6 +466,50 @@ impl RenderFarm {
             eta_secs,
             output_dir: self.jobs_dir.join(id.to_string()).display().to_string(),
         })
+    }
+
+    /// Job `id`'s summary once its state or counts differ from `seen`, or after `wait`
+    /// (capped at [`MAX_WAIT`]). Progress is coalesced to one answer per
+    /// [`WATCH_COALESCE`]; the job's end is answered at once.
+    pub async fn watch(
+        &self,
+        id: JobId,
+        seen: Option<JobSummary>,
+        wait: Duration,
+    ) -> Result<JobSummary, ApiError> {
+        self.watch_coalesced(id, seen, wait, WATCH_COALESCE).await
+    }
+
+    async fn watch_coalesced(
+        &self,
+        id: JobId,
+        seen: Option<JobSummary>,
+        wait: Duration,
+        coalesce: Duration,
+    ) -> Result<JobSummary, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut changed_at = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let s = self
+                .summary(&lock(&self.inner), id)
+                .ok_or_else(|| farm_err(FarmError::NoJob(id)))?;
+            let Some(seen) = &seen else { return Ok(s) };
+            let now = tokio::time::Instant::now();
+            if seen.state != s.state || seen.counts != s.counts {
+                let at = *changed_at.get_or_insert(now);
+                let ended = s.state != "active" && s.state != "paused";
+                if ended || now >= at + coalesce || now >= deadline {
+                    return Ok(s);
+                }
+            } else if now >= deadline {
+                return Ok(s);
+            }
+            let until = changed_at.map_or(deadline, |at| (at + coalesce).min(deadline));
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
     }
 
     /// Jobs of `user` (every job for `None`), oldest first.
@@ -762,5 +816,97 @@ impl RenderFarm {
         }
         drop(inner);
         self.work.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use periphery_protocol::render::{NodeCaps, TemplateSource};
+
+    fn farm(dir: &std::path::Path) -> Arc<RenderFarm> {
+        let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
+        Arc::new(RenderFarm::open(store, dir, Duration::from_secs(30)).unwrap())
+    }
+
+    fn submit(f: &RenderFarm, frames: &str) -> JobSummary {
+        let sub = JobSubmission {
+            template: TemplateSource::Builtin("command".into()),
+            params: vec![
+                ("Command".into(), "true".into()),
+                ("Frames".into(), frames.into()),
+            ],
+            inputs: vec![],
+            priority: 50,
+            tags: vec![],
+            user: None,
+        };
+        f.submit("alice", "test".into(), sub).unwrap().summary
+    }
+
+    fn idle() -> NodeWork {
+        NodeWork {
+            caps: NodeCaps::default(),
+            running: None,
+            progress: None,
+            log: vec![],
+            wait_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_answers_on_change_coalesced_and_at_once_on_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = farm(dir.path());
+        let s = submit(&f, "1-2");
+        let id = s.id;
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(3600);
+
+        // Without a summary to compare: at once.
+        assert_eq!(f.watch(id, None, MAX_WAIT).await.unwrap(), s);
+        // Nothing changes: held for the wait, then the same summary.
+        let t = std::time::Instant::now();
+        let same = f.watch(id, Some(s.clone()), short).await.unwrap();
+        assert_eq!(same.counts, s.counts);
+        assert!(t.elapsed() >= short);
+
+        // A node takes a task while a watcher waits: the watcher hears of it after the
+        // coalescing window, not the wait.
+        let watcher = {
+            let (f, s) = (f.clone(), s.clone());
+            tokio::spawn(async move { f.watch_coalesced(id, Some(s), long, short).await })
+        };
+        tokio::task::yield_now().await;
+        let t = std::time::Instant::now();
+        let task = f.try_work("n-1", "one", &idle()).unwrap().task.unwrap();
+        let running = watcher.await.unwrap().unwrap();
+        assert_eq!(running.counts.running, 1);
+        assert!(t.elapsed() >= short && t.elapsed() < MAX_WAIT);
+
+        // Both tasks done: the end is answered without the (here: endless) coalescing.
+        let watcher = {
+            let (f, s) = (f.clone(), running.clone());
+            tokio::spawn(async move { f.watch_coalesced(id, Some(s), MAX_WAIT, long).await })
+        };
+        tokio::task::yield_now().await;
+        let t = std::time::Instant::now();
+        let done = |lease| TaskDone {
+            lease,
+            outcome: Ok(vec![]),
+            log_tail: vec![],
+        };
+        let next = f.task_done("n-1", done(task.lease)).unwrap().unwrap();
+        assert!(f.task_done("n-1", done(next.lease)).unwrap().is_none());
+        let end = watcher.await.unwrap().unwrap();
+        assert_eq!(end.state, "done");
+        assert_eq!(end.counts.done, 2);
+        assert!(
+            t.elapsed() < MAX_WAIT / 2,
+            "the end waited for the deadline"
+        );
+
+        // An unknown job is an error, not a wait.
+        assert!(f.watch(id + 100, Some(s), MAX_WAIT).await.is_err());
     }
 }
