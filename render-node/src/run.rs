@@ -3,6 +3,10 @@
 //! directory with a heartbeat every second (progress and new output lines; the answer may
 //! say stop), upload the outputs the appliance lacks, and report.
 //!
+//! Short tasks: a node whose last task ran under [`PREFETCH_BELOW`] asks for the next task
+//! ahead and holds it queued; when its task ends it starts the queued one first and reports
+//! after, so the report's round trip to the appliance overlaps work instead of idling.
+//!
 //! A lost connection is retried with backoff (for two minutes a request) while the task keeps
 //! running, and finished work is reported once the appliance is back; if the lease
 //! expired meanwhile, the report is refused and the outputs are discarded by the appliance.
@@ -18,7 +22,7 @@ use tokio::sync::mpsc;
 use periphery_client::session::Session;
 use periphery_client::tls;
 use periphery_protocol::render::{
-    FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, MAX_BLOB_CHUNK,
+    FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, WireLease, WorkReply, MAX_BLOB_CHUNK,
 };
 use periphery_protocol::{Request, Response};
 use periphery_render::blender::{parse_line, Event};
@@ -114,24 +118,29 @@ impl Link<'_> {
 impl Node {
     /// Works until the process is stopped.
     pub async fn run(&self) -> anyhow::Result<()> {
-        let mut link = Link {
-            creds: &self.creds,
-            session: None,
+        // What an earlier run left.
+        let _ = std::fs::remove_dir_all(self.cache.join("work"));
+        let mut w = Worker {
+            node: self,
+            link: Link {
+                creds: &self.creds,
+                session: None,
+            },
+            slot: 0,
+            prefetch: false,
         };
         loop {
-            let work = NodeWork {
+            let ask = NodeWork {
                 caps: self.caps.clone(),
-                running: None,
-                progress: None,
-                log: Vec::new(),
                 wait_ms: 5_000,
+                prefetch: w.prefetch,
+                ..NodeWork::default()
             };
-            match link.request(Request::NodeWork(work)).await {
-                Ok(Response::Work(w)) => {
-                    // The answer to a report may carry the next task: no round trip between.
-                    let mut next = w.task;
-                    while let Some(t) = next {
-                        next = self.run_task(&mut link, t).await;
+            match w.link.request(Request::NodeWork(ask)).await {
+                Ok(Response::Work(r)) => {
+                    if let Some(t) = r.task {
+                        w.work_through(t, r.next).await;
+                        w.tidy();
                     }
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
@@ -185,67 +194,166 @@ impl Node {
         }
         Ok(())
     }
+}
 
-    /// Runs and reports one task; returns the next one when the answer to the report has it.
-    async fn run_task(&self, link: &mut Link<'_>, t: TaskAssignment) -> Option<TaskAssignment> {
-        let l = t.lease;
-        let span = tracing::info_span!("task", job = l.job, step = %t.step, task = l.task);
-        let _g = span.enter();
-        tracing::debug!(attempt = t.attempt, argv = ?t.argv, "task started");
-        let work = self
-            .cache
-            .join("work")
-            .join(format!("{}-{}-{}-{}", l.job, l.step, l.task, l.serial));
-        let (outcome, tail) = match self.execute(link, &t, &work).await {
-            Ok(Some((outcome, tail))) => (outcome, tail),
-            Ok(None) => {
-                tracing::info!("task stopped by the appliance");
-                let _ = std::fs::remove_dir_all(&work);
-                return None;
-            }
-            Err(e) => (Err(format!("{e:#}")), Vec::new()),
-        };
-        match &outcome {
-            Ok(o) => tracing::debug!(outputs = o.len(), "task done"),
-            Err(e) => tracing::warn!(error = %e, "task failed"),
+/// Tasks that ran shorter than this ask for their successor ahead ([`NodeWork::prefetch`]):
+/// for them a round trip to the appliance between two tasks is a cost worth hiding; for
+/// longer ones it is not worth a task waiting behind a busy node.
+const PREFETCH_BELOW: Duration = Duration::from_secs(1);
+
+/// Working directories, used in turn: the next task starts while the report of the last
+/// one is on its way.
+const SLOTS: usize = 2;
+
+/// A node at work: its link, and what it learnt of its tasks.
+struct Worker<'a> {
+    node: &'a Node,
+    link: Link<'a>,
+    /// The working directory the next task takes.
+    slot: usize,
+    /// The last task was short: ask for the next ahead.
+    prefetch: bool,
+}
+
+/// A task, started or not.
+enum Current {
+    /// Its command runs.
+    Running(Box<Running>),
+    /// It could not start (an input missing, the command not found): reported as failed.
+    Failed(TaskAssignment, String),
+}
+
+impl Current {
+    fn lease(&self) -> WireLease {
+        match self {
+            Current::Running(r) => r.t.lease,
+            Current::Failed(t, _) => t.lease,
         }
-        let done = TaskDone {
-            lease: l,
-            outcome,
-            log_tail: tail,
-        };
-        let reply = link.request(Request::NodeTaskDone(done)).await;
-        let _ = std::fs::remove_dir_all(&work);
-        match reply {
-            Ok(Response::Work(w)) => w.task,
-            Ok(_) => None,
-            Err(e) if e.is::<periphery_protocol::ApiError>() => {
-                tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
-                None
+    }
+}
+
+/// A task whose command runs.
+struct Running {
+    t: TaskAssignment,
+    child: crate::spawn::Child,
+    /// Its output, a line at a time, from both pipes.
+    lines: mpsc::UnboundedReceiver<String>,
+    work: PathBuf,
+    inputs: HashSet<(String, String)>,
+    began: std::time::Instant,
+}
+
+/// Makes `dir` an empty working directory with an empty `out` in it; cheap when it is one.
+fn prepare(dir: &Path) -> std::io::Result<()> {
+    fn remove(e: &std::fs::DirEntry) -> std::io::Result<()> {
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        }
+    }
+    std::fs::create_dir_all(dir.join("out"))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name() == "out" && e.file_type()?.is_dir() {
+            for o in std::fs::read_dir(e.path())? {
+                remove(&o?)?;
             }
+        } else {
+            remove(&e)?;
+        }
+    }
+    Ok(())
+}
+
+impl Worker<'_> {
+    /// Runs `first`, going on to a queued task as soon as one ends and reporting each,
+    /// until the appliance hands out nothing more.
+    async fn work_through(&mut self, first: TaskAssignment, mut queued: Option<TaskAssignment>) {
+        let mut current = self.start(first).await;
+        loop {
+            let ended = self.finish(current, &mut queued).await;
+            // Start the queued task before reporting: the report's round trip overlaps it.
+            let next = match queued.take() {
+                Some(q) => Some(self.start(q).await),
+                None => None,
+            };
+            let reply = match ended {
+                Some(mut done) => {
+                    done.running = next.as_ref().map(Current::lease);
+                    done.prefetch = self.prefetch;
+                    self.report(done).await
+                }
+                None => None,
+            };
+            current = match (next, reply) {
+                (Some(n), reply) => {
+                    queued = reply.and_then(|r| r.task);
+                    n
+                }
+                (
+                    None,
+                    Some(WorkReply {
+                        task: Some(t),
+                        next,
+                        ..
+                    }),
+                ) => {
+                    queued = next;
+                    self.start(t).await
+                }
+                (None, _) => return,
+            };
+        }
+    }
+
+    /// Empties the working directories (the node goes idle).
+    fn tidy(&self) {
+        for slot in 0..SLOTS {
+            let _ = prepare(&self.node.cache.join("work").join(slot.to_string()));
+        }
+    }
+
+    /// Fetches the task's inputs into a working directory and starts its command.
+    async fn start(&mut self, t: TaskAssignment) -> Current {
+        let l = t.lease;
+        tracing::debug!(job = l.job, step = %t.step, task = l.task, attempt = t.attempt, argv = ?t.argv, "task started");
+        let work = self.node.cache.join("work").join(self.slot.to_string());
+        self.slot = (self.slot + 1) % SLOTS;
+        match self.spawn(&t, &work).await {
+            Ok((child, lines, inputs)) => Current::Running(Box::new(Running {
+                t,
+                child,
+                lines,
+                work,
+                inputs,
+                began: std::time::Instant::now(),
+            })),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "the report is dropped");
-                None
+                let why = format!("{e:#}");
+                Current::Failed(t, why)
             }
         }
     }
 
-    /// Runs the task; `None` when the appliance said stop.
-    async fn execute(
-        &self,
-        link: &mut Link<'_>,
+    async fn spawn(
+        &mut self,
         t: &TaskAssignment,
         work: &Path,
-    ) -> anyhow::Result<Option<(Result<Vec<FileRef>, String>, Vec<String>)>> {
-        let _ = std::fs::remove_dir_all(work);
-        std::fs::create_dir_all(work.join("out"))?;
+    ) -> anyhow::Result<(
+        crate::spawn::Child,
+        mpsc::UnboundedReceiver<String>,
+        HashSet<(String, String)>,
+    )> {
+        prepare(work).with_context(|| format!("cannot prepare {}", work.display()))?;
         let mut inputs = HashSet::new();
         for f in &t.inputs {
             if !periphery_protocol::render::valid_job_path(&f.path) {
                 anyhow::bail!("input path '{}' leaves the working directory", f.path);
             }
             let cached = self
-                .fetch(link, f)
+                .node
+                .fetch(&mut self.link, f)
                 .await
                 .with_context(|| format!("cannot fetch input {}", f.path))?;
             let dest = work.join(&f.path);
@@ -267,7 +375,7 @@ impl Node {
         };
         let mut child = crate::spawn::spawn(&program, &t.argv[1..], work, Out::Pipe, Out::Pipe)
             .with_context(|| format!("cannot run {}", program.display()))?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
         for pipe in [child.stdout.take(), child.stderr.take()]
             .into_iter()
             .flatten()
@@ -283,7 +391,57 @@ impl Node {
                 }
             });
         }
-        drop(tx);
+        Ok((child, rx, inputs))
+    }
+
+    /// Waits for the task's command with a heartbeat every second (which may also drop
+    /// `queued`), then uploads its outputs; the report, or `None` when the appliance said
+    /// stop.
+    async fn finish(
+        &mut self,
+        current: Current,
+        queued: &mut Option<TaskAssignment>,
+    ) -> Option<TaskDone> {
+        let lease = current.lease();
+        let (outcome, log_tail) = match current {
+            Current::Failed(_, why) => (Err(why), Vec::new()),
+            Current::Running(mut r) => match self.wait(&mut r, queued).await {
+                Ok(Some(done)) => done,
+                Ok(None) => {
+                    tracing::info!(
+                        job = lease.job,
+                        task = lease.task,
+                        "task stopped by the appliance"
+                    );
+                    return None;
+                }
+                Err(e) => (Err(format!("{e:#}")), Vec::new()),
+            },
+        };
+        match &outcome {
+            Ok(o) => tracing::debug!(
+                job = lease.job,
+                task = lease.task,
+                outputs = o.len(),
+                "task done"
+            ),
+            Err(e) => tracing::warn!(job = lease.job, task = lease.task, error = %e, "task failed"),
+        }
+        Some(TaskDone {
+            lease,
+            outcome,
+            log_tail,
+            running: None,
+            prefetch: false,
+        })
+    }
+
+    /// The command's outcome and output tail; `None` when the appliance said stop.
+    async fn wait(
+        &mut self,
+        r: &mut Running,
+        queued: &mut Option<TaskAssignment>,
+    ) -> anyhow::Result<Option<(Result<Vec<FileRef>, String>, Vec<String>)>> {
         let mut tail: Vec<String> = Vec::new();
         let mut fresh: Vec<String> = Vec::new();
         let mut progress: Option<String> = None;
@@ -311,25 +469,30 @@ impl Node {
         let mut last_progress = None;
         let status = loop {
             tokio::select! {
-                s = child.wait() => break s?,
-                l = rx.recv(), if lines_open => match l {
+                s = r.child.wait() => break s?,
+                l = r.lines.recv(), if lines_open => match l {
                     Some(l) => last_progress = take(l, &mut fresh, &mut tail),
                     None => lines_open = false,
                 },
                 _ = beat.tick() => {
                     let hb = NodeWork {
-                        caps: self.caps.clone(),
-                        running: Some(t.lease),
+                        caps: self.node.caps.clone(),
+                        running: Some(r.t.lease),
+                        queued: queued.as_ref().map(|q| q.lease),
                         progress: last_progress.clone(),
                         log: std::mem::take(&mut fresh),
-                        wait_ms: 0,
+                        ..NodeWork::default()
                     };
-                    match link.request(Request::NodeWork(hb)).await {
-                        Ok(Response::Work(w)) if w.stop == Some(t.lease) => {
+                    match self.link.request(Request::NodeWork(hb)).await {
+                        Ok(Response::Work(w)) if w.stop == Some(r.t.lease) => {
                             // The command leads its own process group: stop all of it.
-                            child.kill();
-                            let _ = child.wait().await;
+                            r.child.kill();
+                            let _ = r.child.wait().await;
                             return Ok(None);
+                        }
+                        Ok(Response::Work(w)) if w.stop.is_some() && w.stop == queued.as_ref().map(|q| q.lease) => {
+                            tracing::info!("the queued task was withdrawn");
+                            *queued = None;
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed; the task goes on"),
@@ -337,7 +500,8 @@ impl Node {
                 }
             }
         };
-        while let Some(l) = rx.recv().await {
+        self.prefetch = r.began.elapsed() < PREFETCH_BELOW;
+        while let Some(l) = r.lines.recv().await {
             last_progress = take(l, &mut fresh, &mut tail);
         }
         let _ = last_progress;
@@ -347,10 +511,32 @@ impl Node {
                 .unwrap_or_default();
             return Ok(Some((Err(format!("{status}: {why}")), tail)));
         }
-        let outputs = self.outputs(link, work, &inputs).await?;
+        let outputs = self
+            .node
+            .outputs(&mut self.link, &r.work, &r.inputs)
+            .await?;
         Ok(Some((Ok(outputs), tail)))
     }
 
+    /// Reports a task; the appliance's answer, or `None` when it refused the report (the
+    /// lease had expired: the outputs are discarded) or could not be reached.
+    async fn report(&mut self, done: TaskDone) -> Option<WorkReply> {
+        match self.link.request(Request::NodeTaskDone(done)).await {
+            Ok(Response::Work(w)) => Some(w),
+            Ok(_) => None,
+            Err(e) if e.is::<periphery_protocol::ApiError>() => {
+                tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the report is dropped");
+                None
+            }
+        }
+    }
+}
+
+impl Node {
     /// Files under `work/out` that are not inputs, uploaded where the appliance lacks them.
     async fn outputs(
         &self,

@@ -82,7 +82,7 @@ fn scheduler_alone(tasks: usize) -> (Duration, Duration) {
     )
     .unwrap();
     for n in 0..NODES {
-        f.node_seen(0, &format!("n{n}"), BTreeSet::new(), None);
+        f.node_seen(0, &format!("n{n}"), BTreeSet::new(), &[]);
     }
     let t = Instant::now();
     let mut now = 1;

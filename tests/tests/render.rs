@@ -605,3 +605,50 @@ fn a_directory_of_frames_is_assembled_into_a_video() {
         .join(format!("state/render/jobs/{job}/out/clip.mkv"));
     assert_eq!(periphery_media::video::count_frames(&video).unwrap(), 6);
 }
+
+#[test]
+fn short_tasks_go_on_to_a_queued_successor_and_each_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let _nodes: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|n| Node::start(&d, dir.path(), n, None))
+        .collect();
+    d.wait_render_nodes(2);
+    let seen = dir.path().join("seen");
+    let cmd = format!("echo $1 >> {}; echo $1 > out/f$1.txt", seen.display());
+    let job = job_id(&d.ok(&[
+        "render",
+        "submit",
+        &cmd,
+        "--command",
+        "--frames",
+        "1-60",
+        "--no-wait",
+    ]));
+    watch_ok(&d, job);
+    // Every frame ran exactly once, and its output landed.
+    let mut ran: Vec<String> = std::fs::read_to_string(&seen)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort_by_key(|f| f.split('-').next().unwrap().parse::<u32>().unwrap());
+    let want: Vec<String> = (1..=60).map(|i| format!("{i}-{i}")).collect();
+    assert_eq!(ran, want);
+    let out = d
+        .state
+        .join("render/jobs")
+        .join(job.to_string())
+        .join("out");
+    for i in 1..=60 {
+        let f = std::fs::read_to_string(out.join(format!("f{i}-{i}.txt"))).unwrap();
+        assert_eq!(f.trim(), format!("{i}-{i}"));
+    }
+    // The nodes asked ahead: tasks were queued behind running ones.
+    assert!(
+        d.log()
+            .contains("task queued behind the node's current one"),
+        "no task was queued"
+    );
+}

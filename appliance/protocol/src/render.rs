@@ -201,7 +201,7 @@ pub struct WireLease {
 }
 
 /// A node's heartbeat and request for work.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeWork {
     /// What it offers.
     pub caps: NodeCaps,
@@ -213,6 +213,11 @@ pub struct NodeWork {
     pub log: Vec<String>,
     /// When idle: how long the appliance may hold the answer until there is a task, ms.
     pub wait_ms: u32,
+    /// The task it goes on to when `running` ends, if it holds one.
+    pub queued: Option<WireLease>,
+    /// Its tasks are short: it would like the next task before its current one ends
+    /// ([`WorkReply::next`]), so no round trip waits between them.
+    pub prefetch: bool,
 }
 
 /// A task for a node.
@@ -235,10 +240,14 @@ pub struct TaskAssignment {
 /// The appliance's answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkReply {
-    /// A task to start (only when the node was idle).
+    /// A task to start when the node was idle, or, in the answer to a report from a node
+    /// that went on to its queued task, the task to queue after that one.
     pub task: Option<TaskAssignment>,
-    /// A lease the node must stop at once (its job was canceled or the lease expired).
+    /// A lease the node must stop, or drop if it has not started it (its job was canceled
+    /// or the lease expired).
     pub stop: Option<WireLease>,
+    /// With `task` to start and `prefetch` asked for: the task to go on to after it.
+    pub next: Option<TaskAssignment>,
 }
 
 /// A finished task.
@@ -250,6 +259,10 @@ pub struct TaskDone {
     pub outcome: Result<Vec<FileRef>, String>,
     /// The last lines of its output.
     pub log_tail: Vec<String>,
+    /// The queued task the node went on to (it holds that lease still), if any.
+    pub running: Option<WireLease>,
+    /// As in [`NodeWork::prefetch`].
+    pub prefetch: bool,
 }
 
 /// A render node, as listed.

@@ -15,6 +15,11 @@
 //! holds the task's current lease, so a late report from a lost node — or a report for an
 //! earlier attempt — is refused: each task completes at most once.
 //!
+//! Queueing: a busy node may hold one more lease, the task it goes on to as soon as its
+//! current one ends ([`Farm::queue_node`]), so short tasks do not wait for a round trip to
+//! the appliance between them. A task is queued on a busy node only while no idle node could
+//! take it.
+//!
 //! Cost: each step keeps its waiting tasks in order and counts of its tasks by state, so
 //! handing out a task, or reporting one, costs the same whatever the queue's length
 //! ([`Farm::examined`] counts the work, and a test holds it flat over 10,000 tasks).
@@ -33,6 +38,8 @@ pub const BLOCKLIST_AFTER: u32 = 3;
 /// Silence after which a node is lost and its lease expires, unless the farm is made with
 /// another ([`Farm::with_node_timeout`]).
 pub const NODE_TIMEOUT: Millis = 30_000;
+/// Leases a node holds at most: the task it runs and the one it goes on to.
+pub const MAX_HELD: usize = 2;
 /// The default job priority (0-100).
 pub const DEFAULT_PRIORITY: u8 = 50;
 
@@ -207,7 +214,18 @@ struct Job {
 struct Node {
     tags: BTreeSet<String>,
     last_seen: Millis,
-    running: Option<TaskRef>,
+    /// The tasks it holds leases of, the one it runs first.
+    held: Vec<TaskRef>,
+}
+
+impl Node {
+    fn new(now: Millis) -> Self {
+        Node {
+            tags: BTreeSet::new(),
+            last_seen: now,
+            held: Vec::new(),
+        }
+    }
 }
 
 /// A task's address.
@@ -401,16 +419,13 @@ impl Farm {
                     if let TaskState::Running { node, .. } = &t.state {
                         f.nodes
                             .entry(node.clone())
-                            .or_insert(Node {
-                                tags: BTreeSet::new(),
-                                last_seen: now,
-                                running: None,
-                            })
-                            .running = Some(TaskRef {
-                            job: id,
-                            step: si,
-                            task: ti,
-                        });
+                            .or_insert_with(|| Node::new(now))
+                            .held
+                            .push(TaskRef {
+                                job: id,
+                                step: si,
+                                task: ti,
+                            });
                     }
                     s.push(t);
                 }
@@ -450,7 +465,9 @@ impl Farm {
 
     /// The node ids known, with the task each runs.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, Option<TaskRef>)> {
-        self.nodes.iter().map(|(id, n)| (id.as_str(), n.running))
+        self.nodes
+            .iter()
+            .map(|(id, n)| (id.as_str(), n.held.first().copied()))
     }
 
     fn set_task(&mut self, t: TaskRef, state: TaskState) {
@@ -519,49 +536,42 @@ impl Farm {
         Ok(id)
     }
 
-    /// A node's heartbeat: it is alive, with `tags`, running `running` (or nothing). A task
-    /// the farm had leased to it that it no longer runs (it restarted) waits again. Returns
-    /// the lease the node should stop: one it runs that is no longer current (expired,
-    /// canceled, or unknown).
+    /// A node's heartbeat: it is alive, with `tags`, holding the leases `held` (the task it
+    /// runs and the one it goes on to; none when idle). A task the farm had leased to it
+    /// that it no longer holds (it restarted) waits again. Returns a lease the node should
+    /// drop or stop: one it holds that is no longer current (expired, canceled, or unknown).
     pub fn node_seen(
         &mut self,
         now: Millis,
         id: &str,
         tags: BTreeSet<String>,
-        running: Option<Lease>,
+        held: &[Lease],
     ) -> Option<Lease> {
-        let n = self.nodes.entry(id.to_owned()).or_insert(Node {
-            tags: BTreeSet::new(),
-            last_seen: now,
-            running: None,
-        });
+        let n = self
+            .nodes
+            .entry(id.to_owned())
+            .or_insert_with(|| Node::new(now));
         n.tags = tags;
         n.last_seen = now;
-        let held = n.running;
-        let current = held.and_then(|t| {
-            let rec = self.task(t)?;
-            Some(Lease {
-                task: t,
-                serial: rec.leases,
-            })
-        });
-        if let Some(t) = held {
-            if running.map(|l| l.task) != Some(t) {
-                // The node lost the task (it restarted): the task did not fail.
-                self.release(id, t);
-            }
+        let lost: Vec<TaskRef> = n
+            .held
+            .iter()
+            .filter(|t| !held.iter().any(|l| l.task == **t))
+            .copied()
+            .collect();
+        for t in lost {
+            // The node lost the task (it restarted): the task did not fail.
+            self.release(id, t);
         }
-        match running {
-            Some(l) if Some(l) != current => Some(l),
-            Some(l) if self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled) => Some(l),
-            _ => None,
-        }
+        held.iter().copied().find(|l| {
+            !self.holds(id, *l) || self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled)
+        })
     }
 
     /// Puts a node's task back to waiting without counting a failure.
     fn release(&mut self, node: &str, t: TaskRef) {
         if let Some(n) = self.nodes.get_mut(node) {
-            n.running = None;
+            n.held.retain(|h| *h != t);
         }
         let canceled = self.jobs.get(&t.job).is_some_and(|j| j.meta.canceled);
         if let Some(rec) = self.task(t) {
@@ -578,9 +588,14 @@ impl Farm {
         }
     }
 
-    /// A node leaves for good (or was removed): its task waits again.
+    /// A node leaves for good (or was removed): its tasks wait again.
     pub fn node_gone(&mut self, id: &str) {
-        if let Some(t) = self.nodes.get(id).and_then(|n| n.running) {
+        for t in self
+            .nodes
+            .get(id)
+            .map(|n| n.held.clone())
+            .unwrap_or_default()
+        {
             self.release(id, t);
         }
         self.nodes.remove(id);
@@ -655,7 +670,7 @@ impl Farm {
         let free: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.running.is_none())
+            .filter(|(_, n)| n.held.is_empty())
             .map(|(id, _)| id.clone())
             .collect();
         let order = self.runnable_jobs();
@@ -666,10 +681,29 @@ impl Farm {
 
     /// The next task for node `id` (which asks for work), if it is free and a task fits.
     pub fn assign_node(&mut self, now: Millis, id: &str) -> Option<Assignment> {
-        if self.nodes.get(id)?.running.is_some() {
+        if !self.nodes.get(id)?.held.is_empty() {
             return None;
         }
         let order = self.runnable_jobs();
+        self.assign_in_order(now, id, &order)
+    }
+
+    /// A task for busy node `id` to go on to when its current one ends: only when it runs
+    /// exactly one, and only of a job no idle node could run.
+    pub fn queue_node(&mut self, now: Millis, id: &str) -> Option<Assignment> {
+        if self.nodes.get(id)?.held.len() != MAX_HELD - 1 {
+            return None;
+        }
+        let order: Vec<JobId> =
+            self.runnable_jobs()
+                .into_iter()
+                .filter(|j| {
+                    let job = &self.jobs[j];
+                    !self.nodes.iter().any(|(other, n)| {
+                        other != id && n.held.is_empty() && job.may_run_on(other, n)
+                    })
+                })
+                .collect();
         self.assign_in_order(now, id, &order)
     }
 
@@ -700,7 +734,7 @@ impl Farm {
         rec.leases += 1;
         let (serial, attempt) = (rec.leases, rec.failures + 1);
         if let Some(n) = self.nodes.get_mut(node_id) {
-            n.running = Some(t);
+            n.held.push(t);
         }
         Some(Assignment {
             node: node_id.to_owned(),
@@ -711,7 +745,9 @@ impl Farm {
 
     /// Whether `node` holds `lease` now.
     pub fn holds(&self, node: &str, lease: Lease) -> bool {
-        self.nodes.get(node).and_then(|n| n.running) == Some(lease.task)
+        self.nodes
+            .get(node)
+            .is_some_and(|n| n.held.contains(&lease.task))
             && self.task(lease.task).map(|r| r.leases) == Some(lease.serial)
     }
 
@@ -730,7 +766,7 @@ impl Farm {
             return Err(FarmError::NotHeld(lease, node_id.to_owned()));
         }
         if let Some(n) = self.nodes.get_mut(node_id) {
-            n.running = None;
+            n.held.retain(|h| *h != t);
             n.last_seen = now;
         }
         let job = self.jobs.get_mut(&t.job).ok_or(FarmError::NoJob(t.job))?;
@@ -944,7 +980,7 @@ impl Farm {
                     "every node with the tags is blocklisted for this job after {BLOCKLIST_AFTER} failures ({}); render retry clears it",
                     tagged.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 ));
-            } else if allowed.iter().all(|id| self.nodes[**id].running.is_some()) {
+            } else if allowed.iter().all(|id| !self.nodes[**id].held.is_empty()) {
                 why.push(format!(
                     "all {} suitable node(s) are busy (jobs of higher priority or submitted earlier first)",
                     allowed.len()
@@ -998,7 +1034,67 @@ mod tests {
     }
 
     fn seen(f: &mut Farm, now: Millis, node: &str) {
-        f.node_seen(now, node, tags(&[]), None);
+        f.node_seen(now, node, tags(&[]), &[]);
+    }
+
+    #[test]
+    fn a_busy_node_queues_one_task_only_while_no_idle_node_could_take_it() {
+        let mut f = Farm::new();
+        let j = f.submit(0, job("a", 50, &["linux"], 5)).unwrap();
+        let linux = || tags(&["linux"]);
+        f.node_seen(0, "n1", linux(), &[]);
+        f.node_seen(0, "n2", linux(), &[]);
+        // An idle node that lacks the job's tags does not count.
+        f.node_seen(0, "tagged", tags(&["other"]), &[]);
+        assert!(
+            f.queue_node(1, "n1").is_none(),
+            "n1 runs nothing: nothing to queue behind"
+        );
+        let a = f.assign_node(1, "n1").unwrap();
+        assert!(f.queue_node(1, "n1").is_none(), "n2 is idle and takes it");
+        let b = f.assign_node(1, "n2").unwrap();
+        let c = f.queue_node(2, "n1").unwrap();
+        assert!(f.queue_node(2, "n1").is_none(), "one queued at most");
+        assert!(f.assign_node(2, "n1").is_none(), "busy");
+        assert!(f.holds("n1", a.lease) && f.holds("n1", c.lease));
+        assert_eq!(f.progress(j).unwrap().running, 3);
+        let d = f.queue_node(2, "n2").unwrap();
+
+        // n1 ends its task and goes on to the queued one; it may queue another.
+        f.finished(3, "n1", a.lease, Ok(())).unwrap();
+        let e = f.queue_node(3, "n1").unwrap();
+        assert_eq!(
+            f.nodes().find(|n| n.0 == "n1").unwrap().1,
+            Some(c.lease.task)
+        );
+
+        // n2 restarts holding nothing: both its tasks wait again, not as failures.
+        f.node_seen(4, "n2", linux(), &[]);
+        for l in [b.lease, d.lease] {
+            assert!(!f.holds("n2", l));
+            assert_eq!(f.task(l.task).unwrap().state, TaskState::Waiting);
+            assert_eq!(f.task(l.task).unwrap().failures, 0);
+        }
+        // A node that dropped its queued task keeps the one it runs.
+        assert_eq!(f.node_seen(5, "n1", linux(), &[c.lease]), None);
+        assert!(f.holds("n1", c.lease));
+        assert_eq!(f.task(e.lease.task).unwrap().state, TaskState::Waiting);
+
+        // Cancel: the running and the queued task are both named to stop; a heartbeat
+        // holding a canceled lease is told to drop it.
+        assert!(f.queue_node(6, "n1").is_none(), "n2 is idle again");
+        f.assign_node(6, "n2").unwrap();
+        let q = f.queue_node(6, "n1").unwrap();
+        let stop = f.cancel(j).unwrap();
+        assert!(stop.iter().any(|x| x.lease == c.lease) && stop.iter().any(|x| x.lease == q.lease));
+        assert_eq!(
+            f.node_seen(7, "n1", linux(), &[c.lease, q.lease]),
+            Some(c.lease)
+        );
+        f.node_gone("n1");
+        for l in [c.lease, q.lease] {
+            assert_eq!(f.task(l.task).unwrap().state, TaskState::Canceled);
+        }
     }
 
     #[test]
@@ -1030,7 +1126,7 @@ mod tests {
         let old = f.submit(1, job("old", 60, &[], 1)).unwrap();
         let new = f.submit(2, job("new", 60, &[], 1)).unwrap();
         let gpu = f.submit(3, job("gpu", 90, &["gpu"], 1)).unwrap();
-        f.node_seen(0, "cpu", tags(&["linux"]), None);
+        f.node_seen(0, "cpu", tags(&["linux"]), &[]);
         let a = f.assign(5);
         assert_eq!(
             a[0].lease.task.job, old,
@@ -1043,7 +1139,7 @@ mod tests {
             .any(|w| w.contains("no node has the tags gpu")));
         assert!(f.why(new).unwrap().iter().any(|w| w.contains("busy")));
         assert!(f.why(low).unwrap().iter().any(|w| w.contains("busy")));
-        f.node_seen(5, "big", tags(&["gpu", "linux"]), None);
+        f.node_seen(5, "big", tags(&["gpu", "linux"]), &[]);
         let b = f.assign(6);
         assert_eq!(b[0].lease.task.job, gpu);
     }
@@ -1119,7 +1215,7 @@ mod tests {
         ));
         // ... and when it comes back still running it, it is told to stop.
         assert_eq!(
-            f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), Some(a[0].lease)),
+            f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), &[a[0].lease]),
             Some(a[0].lease)
         );
         seen(&mut f, NODE_TIMEOUT + 2, "n2");
@@ -1136,7 +1232,7 @@ mod tests {
         let first = f.assign(1)[0].lease;
         // The node restarts and says it runs nothing: the task waits again, and goes back
         // to the same node as a new attempt.
-        assert_eq!(f.node_seen(2, "n1", tags(&[]), None), None);
+        assert_eq!(f.node_seen(2, "n1", tags(&[]), &[]), None);
         let second = f.assign(3)[0].lease;
         assert_eq!(second.task, first.task);
         assert!(matches!(
@@ -1168,7 +1264,7 @@ mod tests {
         assert_eq!(running, a, "the running task is returned to be stopped");
         // The node's next heartbeat is told to stop it.
         assert_eq!(
-            f.node_seen(5, "n1", tags(&[]), Some(a[0].lease)),
+            f.node_seen(5, "n1", tags(&[]), &[a[0].lease]),
             Some(a[0].lease)
         );
         f.finished(5, "n1", a[0].lease, Err("killed".into()))
@@ -1244,7 +1340,7 @@ mod tests {
         );
         assert_eq!(g.progress(j).unwrap(), f.progress(j).unwrap());
         assert_eq!(g.state(j).unwrap(), JobState::Paused);
-        assert_eq!(g.node_seen(101, "n2", tags(&[]), Some(a[1].lease)), None);
+        assert_eq!(g.node_seen(101, "n2", tags(&[]), &[a[1].lease]), None);
         g.finished(102, "n2", a[1].lease, Ok(())).unwrap();
         assert_eq!(g.progress(j).unwrap().done, 2);
         g.resume(j).unwrap();

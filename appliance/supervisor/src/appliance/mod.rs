@@ -938,13 +938,7 @@ mod tests {
             id: "n-1".into(),
             name: "big".into(),
         };
-        let work = Request::NodeWork(periphery_protocol::render::NodeWork {
-            caps: Default::default(),
-            running: None,
-            progress: None,
-            log: vec![],
-            wait_ms: 0,
-        });
+        let work = Request::NodeWork(Default::default());
         let blob = Request::BlobMissing { hashes: vec![] };
         assert_eq!(code(authorize(&node, &work)), None);
         assert_eq!(code(authorize(&node, &blob)), None);

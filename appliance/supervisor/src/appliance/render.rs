@@ -190,12 +190,13 @@ impl Appliance {
                     unreachable!("authorized for nodes only")
                 };
                 let id = id.clone();
-                let next = self
+                let (task, next) = self
                     .render_blocking(move |r| r.task_done(&id, done))
                     .await?;
                 Ok(Response::Work(WorkReply {
-                    task: next,
+                    task,
                     stop: None,
+                    next,
                 }))
             }
             _ => unreachable!("render_request got a request it does not handle"),

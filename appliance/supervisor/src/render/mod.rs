@@ -86,10 +86,25 @@ struct Inner {
 impl Inner {
     /// The next task for node `id`, if one fits it: leased, with its inputs (the job's files
     /// and the outputs of the steps it waits for).
-    fn assign_to(&mut self, now: Millis, id: &str) -> Result<Option<TaskAssignment>, ApiError> {
-        let Some(a) = self.farm.assign_node(now, id) else {
+    /// A task for node `id` to start (it is idle), or with `queue` to go on to after the one
+    /// it runs.
+    fn assign_to(
+        &mut self,
+        now: Millis,
+        id: &str,
+        queue: bool,
+    ) -> Result<Option<TaskAssignment>, ApiError> {
+        let a = if queue {
+            self.farm.queue_node(now, id)
+        } else {
+            self.farm.assign_node(now, id)
+        };
+        let Some(a) = a else {
             return Ok(None);
         };
+        if queue {
+            tracing::debug!(node = %id, job = a.lease.task.job, task = a.lease.task.task, "task queued behind the node's current one");
+        }
         let t = a.lease.task;
         let meta = self.farm.job_meta(t.job).cloned();
         let Some((meta, job)) = meta.zip(self.jobs.get_mut(&t.job)) else {
@@ -633,10 +648,9 @@ impl RenderFarm {
         self.with(|inner| {
             let now = now_ms();
             let running = w.running.map(unwire);
-            let stop =
-                inner
-                    .farm
-                    .node_seen(now, id, w.caps.tags.iter().cloned().collect(), running);
+            let held: Vec<Lease> = running.into_iter().chain(w.queued.map(unwire)).collect();
+            let tags = w.caps.tags.iter().cloned().collect();
+            let stop = inner.farm.node_seen(now, id, tags, &held);
             inner.nodes.insert(
                 id.to_owned(),
                 LiveNode {
@@ -663,11 +677,18 @@ impl RenderFarm {
                 return Ok(WorkReply {
                     task: None,
                     stop: stop.map(wire),
+                    next: None,
                 });
             }
+            let task = inner.assign_to(now, id, false)?;
+            let next = match task.is_some() && w.prefetch {
+                true => inner.assign_to(now, id, true)?,
+                false => None,
+            };
             Ok(WorkReply {
-                task: inner.assign_to(now, id)?,
+                task,
                 stop: None,
+                next,
             })
         })
     }
@@ -701,8 +722,14 @@ impl RenderFarm {
     }
 
     /// A node reports a finished task (its outputs stored already) and gets its next task,
-    /// if one fits, in the same transaction: one durable commit per task.
-    pub fn task_done(&self, id: &str, done: TaskDone) -> Result<Option<TaskAssignment>, ApiError> {
+    /// if one fits, in the same transaction: one durable commit per task. A node that went
+    /// on to its queued task gets the task to queue after it (when it asks to prefetch); an
+    /// idle one the task to start, and with `prefetch` the one to go on to.
+    pub fn task_done(
+        &self,
+        id: &str,
+        done: TaskDone,
+    ) -> Result<(Option<TaskAssignment>, Option<TaskAssignment>), ApiError> {
         let lease = unwire(done.lease);
         let t = lease.task;
         let out = self.with(|inner| {
@@ -756,7 +783,20 @@ impl RenderFarm {
                     detail: format!("job {} '{name}' {}", t.job, state.as_str()),
                 });
             }
-            inner.assign_to(now_ms(), id)
+            let now = now_ms();
+            if done.running.is_some() {
+                let queued = match done.prefetch {
+                    true => inner.assign_to(now, id, true)?,
+                    false => None,
+                };
+                return Ok((queued, None));
+            }
+            let task = inner.assign_to(now, id, false)?;
+            let next = match task.is_some() && done.prefetch {
+                true => inner.assign_to(now, id, true)?,
+                false => None,
+            };
+            Ok((task, next))
         });
         self.work.notify_waiters();
         out
@@ -822,7 +862,7 @@ impl RenderFarm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use periphery_protocol::render::{NodeCaps, TemplateSource};
+    use periphery_protocol::render::TemplateSource;
 
     fn farm(dir: &std::path::Path) -> Arc<RenderFarm> {
         let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
@@ -845,13 +885,7 @@ mod tests {
     }
 
     fn idle() -> NodeWork {
-        NodeWork {
-            caps: NodeCaps::default(),
-            running: None,
-            progress: None,
-            log: vec![],
-            wait_ms: 0,
-        }
+        NodeWork::default()
     }
 
     #[tokio::test]
@@ -895,9 +929,11 @@ mod tests {
             lease,
             outcome: Ok(vec![]),
             log_tail: vec![],
+            running: None,
+            prefetch: false,
         };
-        let next = f.task_done("n-1", done(task.lease)).unwrap().unwrap();
-        assert!(f.task_done("n-1", done(next.lease)).unwrap().is_none());
+        let next = f.task_done("n-1", done(task.lease)).unwrap().0.unwrap();
+        assert_eq!(f.task_done("n-1", done(next.lease)).unwrap(), (None, None));
         let end = watcher.await.unwrap().unwrap();
         assert_eq!(end.state, "done");
         assert_eq!(end.counts.done, 2);
