@@ -769,18 +769,23 @@ impl Farm {
             n.held.retain(|h| *h != t);
             n.last_seen = now;
         }
+        let others = self.nodes_left(t.job, node_id);
         let job = self.jobs.get_mut(&t.job).ok_or(FarmError::NoJob(t.job))?;
         let canceled = job.meta.canceled;
+        let mut stuck = false;
         let state = match outcome {
             Ok(()) => TaskState::Done,
             Err(_) if canceled => TaskState::Canceled,
             Err(e) => {
-                *job.meta.failures.entry(node_id.to_owned()).or_insert(0) += 1;
+                let here = job.meta.failures.entry(node_id.to_owned()).or_insert(0);
+                *here += 1;
+                // The last node that may run the job is blocklisted: nothing would run it.
+                stuck = *here == BLOCKLIST_AFTER && !others;
                 self.changes.jobs.insert(t.job);
                 let rec = &mut job.steps[t.step].tasks[t.task];
                 rec.failures += 1;
                 rec.last_failed_on = Some(node_id.to_owned());
-                if rec.failures >= MAX_ATTEMPTS {
+                if rec.failures >= MAX_ATTEMPTS || stuck {
                     TaskState::Failed(e)
                 } else {
                     TaskState::Waiting
@@ -788,7 +793,45 @@ impl Farm {
             }
         };
         self.set_task(t, state);
+        if stuck {
+            self.fail_waiting(t.job);
+        }
         Ok(())
+    }
+
+    /// Whether a node other than `but` may run job `id`'s tasks.
+    fn nodes_left(&self, id: JobId, but: &str) -> bool {
+        self.jobs.get(&id).is_some_and(|job| {
+            self.nodes
+                .iter()
+                .any(|(n, node)| n != but && job.may_run_on(n, node))
+        })
+    }
+
+    /// Every node that may run job `id` is blocklisted for it: its waiting tasks fail
+    /// rather than wait for ever (`retry` clears the blocklist and runs them again).
+    fn fail_waiting(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let why = format!(
+            "not run: every node that may run this job is blocklisted for it after {BLOCKLIST_AFTER} failures (render retry runs it again)"
+        );
+        let waiting: Vec<TaskRef> = job
+            .steps
+            .iter()
+            .enumerate()
+            .flat_map(|(si, s)| {
+                s.waiting.iter().map(move |&ti| TaskRef {
+                    job: id,
+                    step: si,
+                    task: ti,
+                })
+            })
+            .collect();
+        for t in waiting {
+            self.set_task(t, TaskState::Failed(why.clone()));
+        }
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut JobMeta, FarmError> {
@@ -975,16 +1018,29 @@ impl Farm {
                 .iter()
                 .filter(|id| job.meta.failures.get(**id).copied().unwrap_or(0) < BLOCKLIST_AFTER)
                 .collect();
+            let blocked: Vec<&str> = tagged
+                .iter()
+                .filter(|id| !allowed.contains(id))
+                .map(|s| s.as_str())
+                .collect();
             if allowed.is_empty() {
                 why.push(format!(
                     "every node with the tags is blocklisted for this job after {BLOCKLIST_AFTER} failures ({}); render retry clears it",
-                    tagged.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    blocked.join(", ")
                 ));
-            } else if allowed.iter().all(|id| !self.nodes[**id].held.is_empty()) {
-                why.push(format!(
-                    "all {} suitable node(s) are busy (jobs of higher priority or submitted earlier first)",
-                    allowed.len()
-                ));
+            } else {
+                if !blocked.is_empty() {
+                    why.push(format!(
+                        "blocklisted for this job after {BLOCKLIST_AFTER} failures: {}",
+                        blocked.join(", ")
+                    ));
+                }
+                if allowed.iter().all(|id| !self.nodes[**id].held.is_empty()) {
+                    why.push(format!(
+                        "all {} suitable node(s) are busy (jobs of higher priority or submitted earlier first)",
+                        allowed.len()
+                    ));
+                }
             }
         }
         Ok(why)
@@ -1149,24 +1205,23 @@ mod tests {
         let mut f = Farm::new();
         let j = f.submit(0, job("j", 50, &[], 2)).unwrap();
         seen(&mut f, 0, "bad");
+        seen(&mut f, 0, "good");
         // A task that failed on a node goes to another task first there; after 3 failures
         // of the job the node gets no more of it.
         for (i, (want_task, want_attempt)) in [(0, 1), (1, 1), (0, 2)].into_iter().enumerate() {
             let i = i as u64;
-            let a = f.assign(1 + i);
-            assert_eq!(a.len(), 1);
+            let a = f.assign_node(1 + i, "bad").unwrap();
             assert_eq!(
-                (a[0].lease.task.task, a[0].attempt),
+                (a.lease.task.task, a.attempt),
                 (want_task, want_attempt),
                 "{a:?}"
             );
-            f.finished(2 + i, "bad", a[0].lease, Err("CUDA error".into()))
+            f.finished(2 + i, "bad", a.lease, Err("CUDA error".into()))
                 .unwrap();
         }
-        assert!(f.assign(5).is_empty());
+        assert!(f.assign_node(5, "bad").is_none());
         assert_eq!(f.blocklisted(j), ["bad"]);
         assert!(f.why(j).unwrap().iter().any(|w| w.contains("blocklisted")));
-        seen(&mut f, 5, "good");
         let a = f.assign(6);
         assert_eq!((a[0].node.as_str(), a[0].attempt), ("good", 3));
         f.finished(7, "good", a[0].lease, Err("CUDA error".into()))
@@ -1192,6 +1247,44 @@ mod tests {
         assert_eq!(a.len(), 1, "both nodes may run it again; one takes it");
         assert_eq!(a[0].attempt, 1);
         assert!(f.blocklisted(j).is_empty());
+    }
+
+    #[test]
+    fn blocklisting_the_last_node_that_may_run_a_job_fails_it_rather_than_wait() {
+        let mut f = Farm::new();
+        let j = f.submit(0, job("j", 50, &[], 3)).unwrap();
+        seen(&mut f, 0, "only");
+        for i in 0..BLOCKLIST_AFTER as u64 {
+            assert_eq!(f.state(j).unwrap(), JobState::Active);
+            let a = f.assign_node(1 + i, "only").unwrap();
+            f.finished(1 + i, "only", a.lease, Err(format!("Error {i}")))
+                .unwrap();
+        }
+        // No task reached 3 attempts, but nothing could ever run them: the job fails, each
+        // task saying why; the one that failed last keeps its own error.
+        assert_eq!(f.state(j).unwrap(), JobState::Failed);
+        let p = f.progress(j).unwrap();
+        assert_eq!((p.failed, p.waiting), (4, 0));
+        let errors: Vec<String> = (0..3)
+            .filter_map(|ti| {
+                match f.task_state(TaskRef {
+                    job: j,
+                    step: 0,
+                    task: ti,
+                }) {
+                    Some(TaskState::Failed(e)) => Some(e.clone()),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert!(errors.contains(&"Error 2".to_string()), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("blocklisted")),
+            "{errors:?}"
+        );
+        // Retry clears the blocklist and runs them again.
+        assert_eq!(f.retry(j, false).unwrap(), 4);
+        assert!(f.assign_node(10, "only").is_some());
     }
 
     #[test]
