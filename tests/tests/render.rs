@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use periphery_e2e::{
-    bin, blender_scene as scene, wait_for, Daemon, DaemonOptions, RenderNode as Node,
+    bin, blender_scene as scene, job_id, wait_for, Daemon, DaemonOptions, RenderNode as Node,
 };
 
 /// A daemon whose silent nodes lose their lease after 5 s (30 s by default).
@@ -70,13 +70,17 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
     }
 }
 
-fn job_id(submit_stdout: &str) -> u64 {
-    submit_stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("queued job "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no job id in {submit_stdout}"))
+/// `render submit <cmd> --command --frames <frames> --no-wait`: the job's id.
+fn submit_command(d: &Daemon, cmd: &str, frames: &str) -> u64 {
+    job_id(&d.ok(&[
+        "render",
+        "submit",
+        cmd,
+        "--command",
+        "--frames",
+        frames,
+        "--no-wait",
+    ]))
 }
 
 #[test]
@@ -159,15 +163,7 @@ fn a_node_killed_mid_task_loses_its_lease_and_another_completes_it_once() {
         "if [ \"$1\" = 2-2 ] && mkdir {m} 2>/dev/null; then sleep 600; fi; echo \"frame $1\" > out/$1.txt",
         m = marker.display()
     );
-    let job = job_id(&d.ok(&[
-        "render",
-        "submit",
-        &cmd,
-        "--command",
-        "--frames",
-        "1-3",
-        "--no-wait",
-    ]));
+    let job = submit_command(&d, &cmd, "1-3");
     wait_for("frame 2 to start", Duration::from_secs(30), || {
         marker.exists().then_some(())
     });
@@ -246,13 +242,7 @@ fn a_failing_scene_fails_its_job_with_blenders_words_and_other_jobs_go_on() {
         "1",
         "--no-wait",
     ]));
-    let good = job_id(&d.ok(&[
-        "render",
-        "submit",
-        "echo ok > out/ok.txt",
-        "--command",
-        "--no-wait",
-    ]));
+    let good = submit_command(&d, "echo ok > out/ok.txt", "1");
     let watched = d.cli(&["render", "watch", &bad.to_string()]);
     assert!(!watched.status.success());
     let show = d.ok(&["render", "show", &bad.to_string()]);
@@ -313,7 +303,8 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
         .status()
         .unwrap();
     let _bad = Node::start(&d, dir.path(), "bad", Some(&fake));
-    d.wait_render_nodes(1);
+    let _good = Node::start(&d, dir.path(), "good", None);
+    d.wait_render_nodes(2);
     let scene = scene(dir.path());
     let job = job_id(&d.ok(&[
         "render",
@@ -323,7 +314,8 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
         "1-4",
         "--no-wait",
     ]));
-    // Alone, the bad node fails 3 tasks of the job and is blocklisted for it.
+    // The bad node fails at once, 3 tasks of the job while the good one renders its first:
+    // it is blocklisted for the job (were it the only node, the job would fail instead).
     wait_for(
         "the bad node to be blocklisted",
         Duration::from_secs(60),
@@ -334,7 +326,6 @@ fn a_node_with_a_failing_blender_is_blocklisted_and_the_job_completes_elsewhere(
     );
     let why = d.ok(&["render", "why", &job.to_string()]);
     assert!(why.contains("blocklisted"), "{why}");
-    let _good = Node::start(&d, dir.path(), "good", None);
     watch_ok(&d, job);
 }
 
@@ -349,7 +340,7 @@ fn a_frozen_node_reporting_after_its_lease_expired_is_refused_and_its_output_dis
         "if mkdir {m} 2>/dev/null; then sleep 8; echo late > out/f.txt; else echo on-time > out/f.txt; fi",
         m = marker.display()
     );
-    let job = job_id(&d.ok(&["render", "submit", &cmd, "--command", "--no-wait"]));
+    let job = submit_command(&d, &cmd, "1");
     wait_for("the task to start on a", Duration::from_secs(30), || {
         marker.exists().then_some(())
     });
@@ -406,15 +397,7 @@ fn the_supervisor_killed_mid_job_goes_on_without_losing_or_repeating_a_task() {
         "sleep 0.5; echo $1 > out/$1.txt; echo $1 >> {}",
         runs.display()
     );
-    let job = job_id(&d.ok(&[
-        "render",
-        "submit",
-        &cmd,
-        "--command",
-        "--frames",
-        "1-10",
-        "--no-wait",
-    ]));
+    let job = submit_command(&d, &cmd, "1-10");
     wait_for("some frames done", Duration::from_secs(30), || {
         let n = std::fs::read_to_string(&runs)
             .unwrap_or_default()
@@ -456,7 +439,7 @@ fn cancel_stops_the_running_command_on_its_node() {
     d.wait_render_nodes(1);
     let pidfile = dir.path().join("pid");
     let cmd = format!("echo $$ > {}; exec sleep 600", pidfile.display());
-    let job = job_id(&d.ok(&["render", "submit", &cmd, "--command", "--no-wait"]));
+    let job = submit_command(&d, &cmd, "1");
     let pid = wait_for("the command to run", Duration::from_secs(30), || {
         std::fs::read_to_string(&pidfile)
             .ok()
@@ -489,13 +472,7 @@ fn the_appliance_runs_a_render_node_of_its_own() {
     assert!(d.ok(&["status"]).contains("render node   on"));
     d.wait_render_nodes(1);
     assert!(d.ok(&["render", "nodes"]).contains("local"));
-    let job = job_id(&d.ok(&[
-        "render",
-        "submit",
-        "echo hi > out/hi.txt",
-        "--command",
-        "--no-wait",
-    ]));
+    let job = submit_command(&d, "echo hi > out/hi.txt", "1");
     watch_ok(&d, job);
     assert!(task_line(&d, job, "Run[0]").contains(" done "));
 }
@@ -617,15 +594,7 @@ fn short_tasks_go_on_to_a_queued_successor_and_each_completes_once() {
     d.wait_render_nodes(2);
     let seen = dir.path().join("seen");
     let cmd = format!("echo $1 >> {}; echo $1 > out/f$1.txt", seen.display());
-    let job = job_id(&d.ok(&[
-        "render",
-        "submit",
-        &cmd,
-        "--command",
-        "--frames",
-        "1-60",
-        "--no-wait",
-    ]));
+    let job = submit_command(&d, &cmd, "1-60");
     watch_ok(&d, job);
     // Every frame ran exactly once, and its output landed.
     let mut ran: Vec<String> = std::fs::read_to_string(&seen)
