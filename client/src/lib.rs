@@ -6,10 +6,12 @@
 //!   QUIC configurations;
 //! - [`session`]: a control-stream session: connect, Hello/Welcome, requests matched to their
 //!   responses, notices queued;
+//! - [`blobs`]: files by content (BLAKE3) and their chunked upload;
 //! - [`files`]: credentials written atomically with their mode;
 //! - [`render_cli`]: the `render …` commands both CLIs offer (the admin CLI over its socket,
 //!   the tablet over QUIC), over any [`render_cli::Requester`].
 
+pub mod blobs;
 pub mod files;
 pub mod render_cli;
 pub mod session;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use periphery_protocol::render::{
-    FileRef, JobAction, JobDetail, JobSubmission, JobSummary, TemplateSource, MAX_BLOB_CHUNK,
+    FileRef, JobAction, JobDetail, JobSubmission, JobSummary, TemplateSource,
 };
 use periphery_protocol::{Request, Response};
 
@@ -162,23 +162,6 @@ pub enum RenderCommand {
     NodeToken,
 }
 
-/// The chunked `BlobPut` requests that store `data` (hash `hash`) on the appliance.
-pub fn blob_chunks<'a>(hash: &'a str, data: &'a [u8]) -> impl Iterator<Item = Request> + 'a {
-    let n = data.len().div_ceil(MAX_BLOB_CHUNK).max(1);
-    (0..n).map(move |i| {
-        let (start, end) = (
-            i * MAX_BLOB_CHUNK,
-            ((i + 1) * MAX_BLOB_CHUNK).min(data.len()),
-        );
-        Request::BlobPut {
-            hash: hash.to_owned(),
-            offset: start as u64,
-            data: data[start..end].to_vec(),
-            last: i + 1 == n,
-        }
-    })
-}
-
 /// Uploads `path` unless the appliance has it; returns its reference as `name`.
 pub async fn upload<R: Requester>(
     c: &mut R,
@@ -202,7 +185,7 @@ pub async fn upload<R: Requester>(
         other => return Err(unexpected(other)),
     };
     if !missing.is_empty() {
-        for chunk in blob_chunks(&hash, &data) {
+        for chunk in crate::blobs::blob_chunks(&hash, &data) {
             ask(c, chunk).await?;
         }
     }

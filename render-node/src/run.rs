@@ -47,13 +47,6 @@ pub struct Node {
     pub caps: NodeCaps,
 }
 
-/// The BLAKE3 of a file, hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path)?)?;
-    Ok(h.finalize().to_hex().to_string())
-}
-
 /// The appliance refused this node's certificate: it was revoked or forgotten.
 #[derive(Debug, thiserror::Error)]
 #[error("the appliance refused this node ({0}); join it again")]
@@ -189,7 +182,7 @@ impl Node {
     /// Uploads `path` (the appliance lacks it).
     async fn upload(&self, link: &mut Link<'_>, path: &Path, hash: &str) -> anyhow::Result<()> {
         let data = std::fs::read(path)?;
-        for chunk in periphery_client::render_cli::blob_chunks(hash, &data) {
+        for chunk in periphery_client::blobs::blob_chunks(hash, &data) {
             link.request(chunk).await?;
         }
         Ok(())
@@ -241,6 +234,35 @@ struct Running {
     work: PathBuf,
     inputs: HashSet<(String, String)>,
     began: std::time::Instant,
+}
+
+/// What a running command said: its last lines, those not yet sent, its progress and the
+/// last error line Blender printed.
+#[derive(Default)]
+struct Output {
+    tail: std::collections::VecDeque<String>,
+    fresh: Vec<String>,
+    progress: Option<String>,
+    error: Option<String>,
+}
+
+impl Output {
+    fn take(&mut self, l: String) {
+        match parse_line(&l) {
+            Some(Event::Frame(f)) => self.progress = Some(format!("frame {f}")),
+            Some(Event::Samples { done, total }) => {
+                self.progress = Some(format!("sample {done}/{total}"))
+            }
+            Some(Event::Saved(p)) => self.progress = Some(format!("saved {p}")),
+            Some(Event::Error(e)) => self.error = Some(e),
+            None => {}
+        }
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(l.clone());
+        self.fresh.push(l);
+    }
 }
 
 /// Makes `dir` an empty working directory with an empty `out` in it; cheap when it is one.
@@ -442,36 +464,15 @@ impl Worker<'_> {
         r: &mut Running,
         queued: &mut Option<TaskAssignment>,
     ) -> anyhow::Result<Option<(Result<Vec<FileRef>, String>, Vec<String>)>> {
-        let mut tail: Vec<String> = Vec::new();
-        let mut fresh: Vec<String> = Vec::new();
-        let mut progress: Option<String> = None;
-        let mut error: Option<String> = None;
-        let mut take = |l: String, fresh: &mut Vec<String>, tail: &mut Vec<String>| {
-            match parse_line(&l) {
-                Some(Event::Frame(f)) => progress = Some(format!("frame {f}")),
-                Some(Event::Samples { done, total }) => {
-                    progress = Some(format!("sample {done}/{total}"))
-                }
-                Some(Event::Saved(p)) => progress = Some(format!("saved {p}")),
-                Some(Event::Error(e)) => error = Some(e),
-                None => {}
-            }
-            if tail.len() == TAIL {
-                tail.remove(0);
-            }
-            tail.push(l.clone());
-            fresh.push(l);
-            progress.clone()
-        };
+        let mut out = Output::default();
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         beat.tick().await;
         let mut lines_open = true;
-        let mut last_progress = None;
         let status = loop {
             tokio::select! {
                 s = r.child.wait() => break s?,
                 l = r.lines.recv(), if lines_open => match l {
-                    Some(l) => last_progress = take(l, &mut fresh, &mut tail),
+                    Some(l) => out.take(l),
                     None => lines_open = false,
                 },
                 _ = beat.tick() => {
@@ -479,8 +480,8 @@ impl Worker<'_> {
                         caps: self.node.caps.clone(),
                         running: Some(r.t.lease),
                         queued: queued.as_ref().map(|q| q.lease),
-                        progress: last_progress.clone(),
-                        log: std::mem::take(&mut fresh),
+                        progress: out.progress.clone(),
+                        log: std::mem::take(&mut out.fresh),
                         ..NodeWork::default()
                     };
                     match self.link.request(Request::NodeWork(hb)).await {
@@ -502,11 +503,12 @@ impl Worker<'_> {
         };
         self.prefetch = r.began.elapsed() < PREFETCH_BELOW;
         while let Some(l) = r.lines.recv().await {
-            last_progress = take(l, &mut fresh, &mut tail);
+            out.take(l);
         }
-        let _ = last_progress;
+        let tail: Vec<String> = out.tail.into();
         if !status.success() {
-            let why = error
+            let why = out
+                .error
                 .or_else(|| tail.iter().rev().find(|l| !l.trim().is_empty()).cloned())
                 .unwrap_or_default();
             return Ok(Some((Err(format!("{status}: {why}")), tail)));
@@ -557,7 +559,7 @@ impl Node {
                         .to_str()
                         .context("an output's name is not UTF-8")?
                         .to_owned();
-                    let hash = hash_file(&p)?;
+                    let hash = periphery_client::blobs::hash_file(&p)?;
                     if !inputs.contains(&(rel.clone(), hash.clone())) {
                         let size = std::fs::metadata(&p)?.len();
                         files.push((

@@ -86,6 +86,23 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
     })
 }
 
+/// The node's environment but `PWD`, as `K=V` strings: built once, every task inherits it.
+fn inherited_env() -> &'static [CString] {
+    static ENV: std::sync::OnceLock<Vec<CString>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter(|(k, _)| k != "PWD")
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                // The environment cannot hold NUL bytes; none is dropped in practice.
+                CString::new(kv).ok()
+            })
+            .collect()
+    })
+}
+
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
@@ -111,26 +128,18 @@ pub fn spawn(
     for a in args {
         argv_c.push(cstring(a.as_ref())?);
     }
-    let mut env_c = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if k != "PWD" {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            env_c.push(cstring(OsStr::from_bytes(&kv))?);
-        }
-    }
     let mut pwd = b"PWD=".to_vec();
     pwd.extend_from_slice(cwd.as_os_str().as_bytes());
-    env_c.push(cstring(OsStr::from_bytes(&pwd))?);
+    let pwd = cstring(OsStr::from_bytes(&pwd))?;
     let cwd_c = cstring(cwd.as_os_str())?;
     let argv: Vec<*const libc::c_char> = argv_c
         .iter()
         .map(|c| c.as_ptr())
         .chain([std::ptr::null()])
         .collect();
-    let envp: Vec<*const libc::c_char> = env_c
+    let envp: Vec<*const libc::c_char> = inherited_env()
         .iter()
+        .chain([&pwd])
         .map(|c| c.as_ptr())
         .chain([std::ptr::null()])
         .collect();
@@ -297,15 +306,11 @@ impl Child {
         }
     }
 
-    fn reaped(&mut self) -> io::Result<ExitStatus> {
+    /// Waits for it to exit, blocking the thread.
+    pub fn wait_blocking(&mut self) -> io::Result<ExitStatus> {
         let status = reap(self.pid).ok_or_else(io::Error::last_os_error)?;
         self.reaped = true;
         Ok(ExitStatus::from_raw(status))
-    }
-
-    /// Waits for it to exit, blocking the thread.
-    pub fn wait_blocking(&mut self) -> io::Result<ExitStatus> {
-        self.reaped()
     }
 
     /// Waits for it to exit without blocking the runtime (the pidfd turns readable).
@@ -322,7 +327,8 @@ impl Child {
         if let Some(fd) = &self.exited {
             let _ready = fd.readable().await?;
         }
-        self.reaped()
+        // It exited: reaping does not block.
+        self.wait_blocking()
     }
 }
 

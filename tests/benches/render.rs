@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use periphery_e2e::{blender_scene, cpu_time, Daemon, DaemonOptions, RenderNode};
+use periphery_e2e::{blender_scene, cpu_time, job_id, Daemon, DaemonOptions, RenderNode};
 use periphery_render::farm::{Farm, JobRequest};
 
 const NODES: usize = 2;
@@ -51,13 +51,7 @@ fn submit_and_wait(d: &Daemon, args: &[&str]) -> Duration {
     let mut all = vec!["render", "submit"];
     all.extend_from_slice(args);
     all.push("--no-wait");
-    let out = d.ok(&all);
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("queued job "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let id = job_id(&d.ok(&all)).to_string();
     // One watching process, as a user would; polling with many CLI processes would take
     // the CPU the tasks need.
     let watched = d.cli(&["render", "watch", &id]);

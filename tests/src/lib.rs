@@ -490,6 +490,16 @@ impl Daemon {
     }
 }
 
+/// The job id `render submit` printed (`queued job N …`).
+pub fn job_id(submit_stdout: &str) -> u64 {
+    submit_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("queued job "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {submit_stdout}"))
+}
+
 /// CPU time a process has used: (its own, its reaped children's).
 pub fn cpu_time(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

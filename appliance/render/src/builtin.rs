@@ -152,19 +152,52 @@ steps:
 "#
 );
 
+/// The built-in templates, by name.
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("blender", BLENDER),
+    ("blender-video", BLENDER_VIDEO),
+    ("assemble", ASSEMBLE),
+    ("command", COMMAND),
+];
+
 /// A built-in template by name.
 pub fn by_name(name: &str) -> Option<&'static str> {
-    match name {
-        "blender" => Some(BLENDER),
-        "blender-video" => Some(BLENDER_VIDEO),
-        "assemble" => Some(ASSEMBLE),
-        "command" => Some(COMMAND),
-        _ => None,
-    }
+    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
-/// The names [`by_name`] knows.
-pub const NAMES: &[&str] = &["blender", "blender-video", "assemble", "command"];
+/// The names [`by_name`] knows, comma-separated.
+pub fn names() -> String {
+    BUILTINS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What built-in template `name` needs of a job's input files (their paths `inputs`) beyond
+/// its parameters, so a job that could not run is refused at submit time: an assembly
+/// needs frames under `frames/`, a Blender render its `Scene` among the inputs.
+pub fn check_inputs(
+    name: &str,
+    params: &[(String, String)],
+    inputs: &[&str],
+) -> Result<(), String> {
+    if name == "assemble" && !inputs.iter().any(|p| p.starts_with("frames/")) {
+        return Err("an assembly needs PNG frames, uploaded under frames/".into());
+    }
+    if name == "blender" || name == "blender-video" {
+        let scene = params
+            .iter()
+            .find(|(k, _)| k == "Scene")
+            .map_or("", |(_, v)| v.as_str());
+        if !inputs.contains(&scene) {
+            return Err(format!(
+                "the scene '{scene}' is not among the job's input files"
+            ));
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -179,10 +212,24 @@ mod tests {
 
     #[test]
     fn every_builtin_is_a_valid_template() {
-        for n in NAMES {
+        for (n, _) in BUILTINS {
             Template::parse(by_name(n).unwrap()).unwrap();
         }
         assert!(by_name("maya").is_none());
+        assert_eq!(names(), "blender, blender-video, assemble, command");
+    }
+
+    #[test]
+    fn builtins_refuse_jobs_missing_their_inputs() {
+        let scene = [p("Scene", "s.blend")];
+        assert!(check_inputs("blender", &scene, &["s.blend"]).is_ok());
+        let e = check_inputs("blender-video", &scene, &["other.blend"]).unwrap_err();
+        assert!(e.contains("'s.blend' is not among"), "{e}");
+        assert!(check_inputs("assemble", &[], &["frames/0001.png"]).is_ok());
+        assert!(check_inputs("assemble", &[], &["0001.png"])
+            .unwrap_err()
+            .contains("frames/"));
+        assert!(check_inputs("command", &[], &[]).is_ok());
     }
 
     #[test]

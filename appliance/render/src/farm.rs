@@ -929,11 +929,6 @@ impl Farm {
         Ok(self.jobs.get(&id).ok_or(FarmError::NoJob(id))?.progress())
     }
 
-    /// A step's counts.
-    pub fn step_progress(&self, id: JobId, step: usize) -> Option<Progress> {
-        Some(self.jobs.get(&id)?.steps.get(step)?.counts)
-    }
-
     /// A job's state.
     pub fn state(&self, id: JobId) -> Result<JobState, FarmError> {
         let job = self.jobs.get(&id).ok_or(FarmError::NoJob(id))?;

@@ -72,8 +72,6 @@ pub struct JobSpec {
     pub name: String,
     /// The steps, in the template's order.
     pub steps: Vec<StepSpec>,
-    /// The instantiated job, for running its tasks.
-    pub job: openjd_model::job::Job,
 }
 
 impl Template {
@@ -223,9 +221,8 @@ impl Template {
             });
         }
         Ok(JobSpec {
-            name: job.name.clone(),
+            name: job.name,
             steps,
-            job,
         })
     }
 }

@@ -119,6 +119,21 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+impl AuditRecord {
+    /// An entry for now.
+    pub fn new(actor: String, event: &str, detail: String) -> Self {
+        AuditRecord {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            actor,
+            event: event.to_owned(),
+            detail,
+        }
+    }
+}
+
 /// The store failed underneath an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

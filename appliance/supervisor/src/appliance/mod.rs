@@ -367,12 +367,7 @@ fn audit_entry((seq, a): (u64, AuditRecord)) -> AuditEntry {
 }
 
 fn audit(actor: String, event: &str, detail: String) -> AuditRecord {
-    AuditRecord {
-        at: unix_now(),
-        actor,
-        event: event.to_owned(),
-        detail,
-    }
+    AuditRecord::new(actor, event, detail)
 }
 
 impl Appliance {

@@ -61,13 +61,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
     }
 }
 
-/// The BLAKE3 hash of a file, as hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(fs::File::open(path)?)?;
-    Ok(h.finalize().to_hex().to_string())
-}
-
 /// The blob store.
 #[derive(Debug)]
 pub struct Blobs {
@@ -151,7 +144,7 @@ impl Blobs {
         }
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
-        let actual = hash_file(&tmp).map_err(io(&tmp))?;
+        let actual = periphery_client::blobs::hash_file(&tmp).map_err(io(&tmp))?;
         if actual != hash {
             let _ = fs::remove_file(&tmp);
             return Err(BlobError::Mismatch {

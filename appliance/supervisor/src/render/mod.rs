@@ -84,10 +84,9 @@ struct Inner {
 }
 
 impl Inner {
-    /// The next task for node `id`, if one fits it: leased, with its inputs (the job's files
-    /// and the outputs of the steps it waits for).
     /// A task for node `id` to start (it is idle), or with `queue` to go on to after the one
-    /// it runs.
+    /// it runs: leased, with its inputs (the job's files and the outputs of the steps it
+    /// waits for).
     fn assign_to(
         &mut self,
         now: Millis,
@@ -106,8 +105,8 @@ impl Inner {
             tracing::debug!(node = %id, job = a.lease.task.job, task = a.lease.task.task, "task queued behind the node's current one");
         }
         let t = a.lease.task;
-        let meta = self.farm.job_meta(t.job).cloned();
-        let Some((meta, job)) = meta.zip(self.jobs.get_mut(&t.job)) else {
+        // Borrowed apart: the farm's meta and the appliance's extras.
+        let Some((meta, job)) = self.farm.job_meta(t.job).zip(self.jobs.get_mut(&t.job)) else {
             return Err(farm_err(FarmError::NoJob(t.job)));
         };
         let mut inputs = job.inputs.clone();
@@ -318,11 +317,9 @@ impl RenderFarm {
             ));
         }
         let audit = std::mem::take(&mut inner.audit);
-        if job_rows.is_empty() && task_rows.is_empty() && audit.is_empty() {
-            return Ok(());
+        if self.store.write_render(&job_rows, &task_rows, &audit)? {
+            self.changed.notify_waiters();
         }
-        self.store.write_render(&job_rows, &task_rows, &audit)?;
-        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -351,7 +348,7 @@ impl RenderFarm {
                 builtin::by_name(name).ok_or_else(|| {
                     invalid(format!(
                         "no built-in template '{name}'; there are {}",
-                        builtin::NAMES.join(", ")
+                        builtin::names()
                     ))
                 })?,
                 Some(name.as_str()),
@@ -386,25 +383,9 @@ impl RenderFarm {
                 )));
             }
         }
-        if builtin_name == Some("assemble")
-            && !sub.inputs.iter().any(|f| f.path.starts_with("frames/"))
-        {
-            return Err(invalid(
-                "an assembly needs PNG frames, uploaded under frames/",
-            ));
-        }
-        if builtin_name.is_some_and(|n| n.starts_with("blender")) {
-            let scene = sub
-                .params
-                .iter()
-                .find(|(k, _)| k == "Scene")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("");
-            if !sub.inputs.iter().any(|f| f.path == scene) {
-                return Err(invalid(format!(
-                    "the scene '{scene}' is not among the job's input files"
-                )));
-            }
+        if let Some(name) = builtin_name {
+            let paths: Vec<&str> = sub.inputs.iter().map(|f| f.path.as_str()).collect();
+            builtin::check_inputs(name, &sub.params, &paths).map_err(invalid)?;
         }
         let steps: Vec<(String, Vec<String>, usize)> = spec
             .steps
@@ -418,12 +399,13 @@ impl RenderFarm {
             steps,
         };
         let id = self.with(|inner| {
-            let id = inner.farm.submit(now_ms(), request).map_err(farm_err)?;
+            let now = now_ms();
+            let id = inner.farm.submit(now, request).map_err(farm_err)?;
             inner.jobs.insert(
                 id,
                 JobExtra {
                     user: user.to_owned(),
-                    submitted_at: now_ms() / 1000,
+                    submitted_at: now / 1000,
                     inputs: sub.inputs.clone(),
                     tasks: spec
                         .steps
@@ -447,12 +429,11 @@ impl RenderFarm {
                 },
             );
             let total: usize = spec.steps.iter().map(|s| s.tasks.len()).sum();
-            inner.audit.push(AuditRecord {
-                at: now_ms() / 1000,
-                actor: actor.clone(),
-                event: "render-submit".into(),
-                detail: format!("job {id} '{}' for {user}: {total} tasks", spec.name),
-            });
+            inner.audit.push(AuditRecord::new(
+                actor.clone(),
+                "render-submit",
+                format!("job {id} '{}' for {user}: {total} tasks", spec.name),
+            ));
             Ok(id)
         })?;
         tracing::info!(job = id, %user, name = %spec.name, "render job queued");
@@ -613,12 +594,11 @@ impl RenderFarm {
                 JobAction::Retry { all } => inner.farm.retry(id, all).map(|_| ()),
             }
             .map_err(farm_err)?;
-            inner.audit.push(AuditRecord {
-                at: now_ms() / 1000,
+            inner.audit.push(AuditRecord::new(
                 actor,
-                event: "render-control".into(),
-                detail: format!("job {id}: {action:?}"),
-            });
+                "render-control",
+                format!("job {id}: {action:?}"),
+            ));
             Ok(())
         })?;
         self.work.notify_waiters();
@@ -733,6 +713,7 @@ impl RenderFarm {
         let lease = unwire(done.lease);
         let t = lease.task;
         let out = self.with(|inner| {
+            let now = now_ms();
             if !inner.farm.holds(id, lease) {
                 tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, "late report refused; its outputs are discarded");
                 return Err(farm_err(FarmError::NotHeld(lease, id.to_owned())));
@@ -770,20 +751,18 @@ impl RenderFarm {
             }
             inner
                 .farm
-                .finished(now_ms(), id, lease, outcome.map(|_| ()))
+                .finished(now, id, lease, outcome.map(|_| ()))
                 .map_err(farm_err)?;
             let state = inner.farm.state(t.job).map_err(farm_err)?;
             if state.is_final() {
                 let name = inner.farm.name(t.job).unwrap_or("").to_owned();
                 tracing::info!(job = t.job, state = state.as_str(), "render job ended");
-                inner.audit.push(AuditRecord {
-                    at: now_ms() / 1000,
-                    actor: format!("node {id}"),
-                    event: format!("render-{}", state.as_str()),
-                    detail: format!("job {} '{name}' {}", t.job, state.as_str()),
-                });
+                inner.audit.push(AuditRecord::new(
+                    format!("node {id}"),
+                    &format!("render-{}", state.as_str()),
+                    format!("job {} '{name}' {}", t.job, state.as_str()),
+                ));
             }
-            let now = now_ms();
             if done.running.is_some() {
                 let queued = match done.prefetch {
                     true => inner.assign_to(now, id, true)?,

@@ -55,15 +55,16 @@ pub struct TaskRow {
 pub type StoredJob = (JobId, JobRow, Vec<Vec<TaskRow>>);
 
 impl Store {
-    /// Writes changed job and task rows and their audit entries in one transaction.
+    /// Writes changed job and task rows and their audit entries in one transaction;
+    /// whether there was anything to write.
     pub fn write_render(
         &self,
         jobs: &[(JobId, JobRow)],
         tasks: &[((u64, u32, u32), TaskRow)],
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if jobs.is_empty() && tasks.is_empty() && audit.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let tx = self.db.begin_write().map_err(db)?;
         {
@@ -80,7 +81,7 @@ impl Store {
             append_audit(&tx, a)?;
         }
         tx.commit().map_err(db)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Every stored job with its tasks, for the farm to start from.
