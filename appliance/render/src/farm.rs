@@ -306,6 +306,9 @@ pub enum FarmError {
 #[derive(Debug)]
 pub struct Farm {
     jobs: BTreeMap<JobId, Job>,
+    /// The jobs with waiting tasks that may start, in the order they are served: highest
+    /// priority, then oldest. Kept as tasks change, so finished jobs cost nothing.
+    runnable: BTreeSet<(std::cmp::Reverse<u8>, Millis, JobId)>,
     nodes: BTreeMap<String, Node>,
     next_job: JobId,
     changes: Changes,
@@ -317,6 +320,7 @@ impl Default for Farm {
     fn default() -> Self {
         Self {
             jobs: BTreeMap::new(),
+            runnable: BTreeSet::new(),
             nodes: BTreeMap::new(),
             next_job: 0,
             changes: Changes::default(),
@@ -433,6 +437,7 @@ impl Farm {
             }
             f.next_job = f.next_job.max(id);
             f.jobs.insert(id, Job { meta, steps });
+            f.refresh(id);
         }
         f
     }
@@ -474,6 +479,19 @@ impl Farm {
         if let Some(job) = self.jobs.get_mut(&t.job) {
             job.steps[t.step].set(t.task, state);
             self.changes.tasks.insert(t);
+            self.refresh(t.job);
+        }
+    }
+
+    /// Puts job `id` in [`Farm::runnable`] or takes it out, as it now is.
+    fn refresh(&mut self, id: JobId) {
+        let Some(j) = self.jobs.get(&id) else { return };
+        let key = (std::cmp::Reverse(j.meta.priority), j.meta.submitted, id);
+        let waiting = j.steps.iter().any(|s| s.counts.waiting > 0);
+        if !j.meta.paused && !j.meta.canceled && waiting {
+            self.runnable.insert(key);
+        } else {
+            self.runnable.remove(&key);
         }
     }
 
@@ -524,6 +542,7 @@ impl Farm {
             },
         );
         self.changes.jobs.insert(id);
+        self.refresh(id);
         for (si, m) in self.jobs[&id].meta.steps.iter().enumerate() {
             for ti in 0..m.tasks {
                 self.changes.tasks.insert(TaskRef {
@@ -654,15 +673,7 @@ impl Farm {
 
     /// Jobs with waiting tasks that may start, in the order they are served.
     fn runnable_jobs(&self) -> Vec<JobId> {
-        let mut order: Vec<(u8, Millis, JobId)> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| !j.meta.paused && !j.meta.canceled && j.progress().waiting > 0)
-            .map(|(id, j)| (j.meta.priority, j.meta.submitted, *id))
-            .collect();
-        // Highest priority, then oldest.
-        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        order.into_iter().map(|(_, _, id)| id).collect()
+        self.runnable.iter().map(|k| k.2).collect()
     }
 
     /// Hands waiting tasks to every free node; the caller sends each to its node.
@@ -845,12 +856,14 @@ impl Farm {
     /// Holds a job: running tasks finish, no new ones start.
     pub fn pause(&mut self, id: JobId) -> Result<(), FarmError> {
         self.job_mut(id)?.paused = true;
+        self.refresh(id);
         Ok(())
     }
 
     /// Lets a paused job run again.
     pub fn resume(&mut self, id: JobId) -> Result<(), FarmError> {
         self.job_mut(id)?.paused = false;
+        self.refresh(id);
         Ok(())
     }
 
@@ -886,6 +899,7 @@ impl Farm {
         for t in waiting {
             self.set_task(t, TaskState::Canceled);
         }
+        self.refresh(id);
         Ok(running)
     }
 
@@ -921,6 +935,7 @@ impl Farm {
                 job.steps[t.step].tasks[t.task].failures = 0;
             }
         }
+        self.refresh(id);
         Ok(again.len())
     }
 
@@ -1481,5 +1496,61 @@ mod tests {
             "the same work for the first and the last tasks"
         );
         assert!(first <= 100 * 4, "a handful of steps per task: {first}");
+    }
+
+    #[test]
+    fn only_jobs_that_may_start_a_task_are_looked_at() {
+        let mut f = Farm::new();
+        seen(&mut f, 0, "n1");
+        let runnable = |f: &Farm| f.runnable.iter().map(|k| k.2).collect::<Vec<_>>();
+        // A long history of ended jobs...
+        for i in 0..1_000 {
+            let j = f.submit(i, job("old", 50, &[], 1)).unwrap();
+            while f.state(j).unwrap() != JobState::Done {
+                let a = f.assign(i);
+                f.finished(i, "n1", a[0].lease, Ok(())).unwrap();
+            }
+        }
+        assert!(runnable(&f).is_empty(), "ended jobs are not looked at");
+        // ...and the life of a new job, in the served order.
+        let low = f.submit(2_000, job("low", 10, &[], 1)).unwrap();
+        let high = f.submit(2_001, job("high", 90, &[], 1)).unwrap();
+        assert_eq!(runnable(&f), [high, low]);
+        f.pause(high).unwrap();
+        assert_eq!(runnable(&f), [low]);
+        f.resume(high).unwrap();
+        f.cancel(low).unwrap();
+        assert_eq!(runnable(&f), [high]);
+        f.retry(low, false).unwrap();
+        assert_eq!(runnable(&f), [high, low]);
+        let a = f.assign(2_002);
+        assert_eq!(a[0].lease.task.job, high);
+        f.finished(2_003, "n1", a[0].lease, Err("boom".into()))
+            .unwrap();
+        assert_eq!(runnable(&f), [high, low], "a failed task waits again");
+        // What restore rebuilds is the same.
+        let rows: Vec<_> = f
+            .job_ids()
+            .map(|id| {
+                let meta = f.job_meta(id).unwrap().clone();
+                let tasks = (0..meta.steps.len())
+                    .map(|si| {
+                        (0..meta.steps[si].tasks)
+                            .map(|ti| {
+                                f.task(TaskRef {
+                                    job: id,
+                                    step: si,
+                                    task: ti,
+                                })
+                                .unwrap()
+                                .clone()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (id, meta, tasks)
+            })
+            .collect();
+        assert_eq!(runnable(&Farm::restore(3_000, rows)), [high, low]);
     }
 }
