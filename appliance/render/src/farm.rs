@@ -125,6 +125,13 @@ pub struct JobMeta {
     pub failures: BTreeMap<String, u32>,
 }
 
+impl JobMeta {
+    /// Whether node `id` failed enough of this job's tasks to get no more of them.
+    fn blocklists(&self, id: &str) -> bool {
+        self.failures.get(id).copied().unwrap_or(0) >= BLOCKLIST_AFTER
+    }
+}
+
 /// Counts of a step's (or a job's) tasks by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -382,8 +389,7 @@ impl Job {
     }
 
     fn may_run_on(&self, id: &str, node: &Node) -> bool {
-        self.meta.tags.is_subset(&node.tags)
-            && self.meta.failures.get(id).copied().unwrap_or(0) < BLOCKLIST_AFTER
+        self.meta.tags.is_subset(&node.tags) && !self.meta.blocklists(id)
     }
 
     fn progress(&self) -> Progress {
@@ -1026,7 +1032,7 @@ impl Farm {
         } else {
             let allowed: Vec<&&String> = tagged
                 .iter()
-                .filter(|id| job.meta.failures.get(**id).copied().unwrap_or(0) < BLOCKLIST_AFTER)
+                .filter(|id| !job.meta.blocklists(id))
                 .collect();
             let blocked: Vec<&str> = tagged
                 .iter()
@@ -1064,7 +1070,7 @@ impl Farm {
                 j.meta
                     .failures
                     .iter()
-                    .filter(|(_, n)| **n >= BLOCKLIST_AFTER)
+                    .filter(|(id, _)| j.meta.blocklists(id))
                     .map(|(id, _)| id.clone())
                     .collect()
             })

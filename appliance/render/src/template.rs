@@ -133,32 +133,27 @@ impl Template {
             &self.inner.default_validation_context(),
         )
         .map_err(|e| TemplateError::Parameters(e.to_string()))?;
-        if job.job_environments.as_ref().is_some_and(|e| !e.is_empty()) {
-            return Err(TemplateError::Unsupported("job environments".into()));
+        // What this farm does not run: refused, not ignored.
+        fn refuse<T>(
+            list: &Option<Vec<T>>,
+            what: impl FnOnce() -> String,
+        ) -> Result<(), TemplateError> {
+            match list {
+                Some(l) if !l.is_empty() => Err(TemplateError::Unsupported(what())),
+                _ => Ok(()),
+            }
         }
+        refuse(&job.job_environments, || "job environments".into())?;
+        let opts = FormatStringOptions::default().with_path_format(PathFormat::Posix);
         let mut steps = Vec::new();
         for step in &job.steps {
-            if step
-                .step_environments
-                .as_ref()
-                .is_some_and(|e| !e.is_empty())
-            {
-                return Err(TemplateError::Unsupported(format!(
-                    "step '{}': step environments",
-                    step.name
-                )));
-            }
-            if step
-                .script
-                .embedded_files
-                .as_ref()
-                .is_some_and(|e| !e.is_empty())
-            {
-                return Err(TemplateError::Unsupported(format!(
-                    "step '{}': embedded files",
-                    step.name
-                )));
-            }
+            refuse(&step.step_environments, || {
+                format!("step '{}': step environments", step.name)
+            })?;
+            refuse(&step.script.embedded_files, || {
+                format!("step '{}': embedded files", step.name)
+            })?;
+            let action = &step.script.actions.on_run;
             let mut base = match &step.resolved_symtab {
                 Some(t) => t
                     .to_symtab(PathFormat::Posix)
@@ -176,8 +171,6 @@ impl Template {
                             .map_err(|e| TemplateError::Expand(e.to_string()))?;
                     }
                 }
-                let opts = FormatStringOptions::default().with_path_format(PathFormat::Posix);
-                let action = &step.script.actions.on_run;
                 std::iter::once(&action.command)
                     .chain(action.args.iter().flatten())
                     .map(|f| {
