@@ -200,19 +200,7 @@ impl H264Encoder {
                 want: self.size,
             });
         }
-        let (w, h) = (img.width as usize, img.height as usize);
-        for (plane, src, pw, ph) in [
-            (0, &img.y, w, h),
-            (1, &img.u, w / 2, h / 2),
-            (2, &img.v, w / 2, h / 2),
-        ] {
-            let stride = self.frame.stride(plane);
-            let dst = self.frame.data_mut(plane);
-            for row in 0..ph {
-                dst[row * stride..row * stride + pw]
-                    .copy_from_slice(&src[row * pw..(row + 1) * pw]);
-            }
-        }
+        fill_frame(&mut self.frame, img);
         self.frame.set_pts(Some(pts_us));
         self.frame.set_kind(if keyframe {
             ff::picture::Type::I
@@ -225,20 +213,48 @@ impl H264Encoder {
 
     fn drain(&mut self) -> Result<Vec<Packet>, CodecError> {
         let mut out = Vec::new();
-        loop {
-            let mut p = ff::Packet::empty();
-            match self.enc.receive_packet(&mut p) {
-                Ok(()) => out.push(Packet {
-                    data: p.data().map(<[u8]>::to_vec).unwrap_or_default(),
-                    key: p.is_key(),
-                    pts: p.pts().unwrap_or(0),
-                }),
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
-                Err(ff::Error::Eof) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        receive_packets(&mut self.enc, |p| {
+            out.push(Packet {
+                data: p.data().map(<[u8]>::to_vec).unwrap_or_default(),
+                key: p.is_key(),
+                pts: p.pts().unwrap_or(0),
+            });
+            Ok(())
+        })?;
         Ok(out)
+    }
+}
+
+/// Copies `img`'s planes into `frame` (a YUV420P frame of its size), row by row: FFmpeg's
+/// rows may be padded.
+pub(crate) fn fill_frame(frame: &mut VideoFrame, img: &I420) {
+    let (w, h) = (img.width as usize, img.height as usize);
+    for (plane, src, pw, ph) in [
+        (0, &img.y, w, h),
+        (1, &img.u, w / 2, h / 2),
+        (2, &img.v, w / 2, h / 2),
+    ] {
+        let stride = frame.stride(plane);
+        let dst = frame.data_mut(plane);
+        for row in 0..ph {
+            dst[row * stride..row * stride + pw].copy_from_slice(&src[row * pw..(row + 1) * pw]);
+        }
+    }
+}
+
+/// Hands every packet `enc` has ready to `f`, until it needs more input or is drained.
+pub(crate) fn receive_packets(
+    enc: &mut codec::encoder::video::Encoder,
+    mut f: impl FnMut(&mut ff::Packet) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    loop {
+        let mut p = ff::Packet::empty();
+        match enc.receive_packet(&mut p) {
+            Ok(()) => f(&mut p)?,
+            Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => return Ok(()),
+            Err(ff::Error::Eof) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -315,17 +331,7 @@ pub fn swscale_i420_to_bgra(img: &I420) -> Result<Vec<u8>, CodecError> {
     )?;
     let mut src = VideoFrame::new(Pixel::YUV420P, w, h);
     let (pw, ph) = (w as usize, h as usize);
-    for (plane, data, cw, ch) in [
-        (0, &img.y, pw, ph),
-        (1, &img.u, pw / 2, ph / 2),
-        (2, &img.v, pw / 2, ph / 2),
-    ] {
-        let stride = src.stride(plane);
-        let dst = src.data_mut(plane);
-        for row in 0..ch {
-            dst[row * stride..row * stride + cw].copy_from_slice(&data[row * cw..(row + 1) * cw]);
-        }
-    }
+    fill_frame(&mut src, img);
     let mut out = VideoFrame::empty();
     sws.run(&src, &mut out)?;
     let stride = out.stride(0);

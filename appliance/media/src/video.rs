@@ -9,7 +9,7 @@ use ff::format::Pixel;
 use ff::util::frame::video::Video as VideoFrame;
 use ffmpeg_next as ff;
 
-use crate::codec::CodecError;
+use crate::codec::{fill_frame, receive_packets, CodecError};
 use crate::convert::{bgra_to_i420, default_threads, I420};
 
 /// An open video file being written.
@@ -18,15 +18,16 @@ pub struct VideoWriter {
     enc: codec::encoder::video::Encoder,
     frame: VideoFrame,
     fps: i32,
+    /// The stream's time base, which the muxer chose at `write_header`.
+    time_base: ff::Rational,
     next_pts: i64,
-    size: (u32, u32),
     i420: I420,
 }
 
 impl std::fmt::Debug for VideoWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VideoWriter")
-            .field("size", &self.size)
+            .field("size", &(self.i420.width, self.i420.height))
             .field("frames", &self.next_pts)
             .finish()
     }
@@ -72,39 +73,31 @@ impl VideoWriter {
             stream.set_time_base((1, fps));
         }
         out.write_header()?;
+        let time_base = out
+            .stream(0)
+            .map_or(ff::Rational::new(1, fps), |s| s.time_base());
         Ok(Self {
             out,
             enc,
             frame: VideoFrame::new(Pixel::YUV420P, width, height),
             fps,
+            time_base,
             next_pts: 0,
-            size: (width, height),
             i420: I420::new(width, height),
         })
     }
 
     /// Appends one frame, BGRA rows of `width * 4` bytes.
     pub fn push_bgra(&mut self, bgra: &[u8]) -> Result<(), CodecError> {
-        let (w, h) = (self.size.0 as usize, self.size.1 as usize);
+        let (w, h) = (self.i420.width as usize, self.i420.height as usize);
         if bgra.len() != w * h * 4 {
             return Err(CodecError::Size {
                 got: (bgra.len() as u32 / 4, 1),
-                want: self.size,
+                want: (self.i420.width, self.i420.height),
             });
         }
         bgra_to_i420(bgra, w * 4, &mut self.i420, default_threads());
-        for (plane, src, pw, ph) in [
-            (0, &self.i420.y, w, h),
-            (1, &self.i420.u, w / 2, h / 2),
-            (2, &self.i420.v, w / 2, h / 2),
-        ] {
-            let stride = self.frame.stride(plane);
-            let dst = self.frame.data_mut(plane);
-            for row in 0..ph {
-                dst[row * stride..row * stride + pw]
-                    .copy_from_slice(&src[row * pw..(row + 1) * pw]);
-            }
-        }
+        fill_frame(&mut self.frame, &self.i420);
         self.frame.set_pts(Some(self.next_pts));
         self.next_pts += 1;
         self.enc.send_frame(&self.frame)?;
@@ -112,26 +105,16 @@ impl VideoWriter {
     }
 
     fn drain(&mut self) -> Result<(), CodecError> {
-        let tb = self.out.stream(0).map(|s| s.time_base());
-        loop {
-            let mut p = ff::Packet::empty();
-            match self.enc.receive_packet(&mut p) {
-                Ok(()) => {
-                    p.set_stream(0);
-                    // Each frame lasts one tick: without a duration MP4's edit list would
-                    // cut the last frame.
-                    p.set_duration(1);
-                    if let Some(tb) = tb {
-                        p.rescale_ts((1, self.fps), tb);
-                    }
-                    p.write_interleaved(&mut self.out)?;
-                }
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
-                Err(ff::Error::Eof) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        let (fps, tb, out) = (self.fps, self.time_base, &mut self.out);
+        receive_packets(&mut self.enc, |p| {
+            p.set_stream(0);
+            // Each frame lasts one tick: without a duration MP4's edit list would cut the
+            // last frame.
+            p.set_duration(1);
+            p.rescale_ts((1, fps), tb);
+            p.write_interleaved(out)?;
+            Ok(())
+        })
     }
 
     /// Flushes the encoder and closes the file; returns the number of frames written.
