@@ -131,34 +131,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admin::SocketKind::Session,
         rx.clone(),
     ));
-    let local_node = if !config.local_node {
-        *app.render
-            .local_node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = "off (configured)".into();
-        None
-    } else if let Some(bin) = crate::render::local::node_binary() {
-        *app.render
-            .local_node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = "on".into();
-        let a = app.clone();
-        Some(tokio::spawn(crate::render::local::run(
-            bin,
-            config.state_dir.join("local-node"),
-            bound,
-            move || a.issue_node_token(),
-            rx,
-        )))
-    } else {
-        tracing::warn!("no periphery-render-node next to periphery: the appliance runs no render node of its own");
-        *app.render
-            .local_node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
-            "off: periphery-render-node is not installed next to periphery".into();
-        None
+    let (local_node, status) = match crate::render::local::node_binary() {
+        _ if !config.local_node => (None, "off (configured)"),
+        Some(bin) => {
+            let a = app.clone();
+            let task = tokio::spawn(crate::render::local::run(
+                bin,
+                config.state_dir.join("local-node"),
+                bound,
+                move || a.issue_node_token(),
+                rx,
+            ));
+            (Some(task), "on")
+        }
+        None => {
+            tracing::warn!("no periphery-render-node next to periphery: the appliance runs no render node of its own");
+            (
+                None,
+                "off: periphery-render-node is not installed next to periphery",
+            )
+        }
     };
+    *app.render
+        .local_node
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = status.into();
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

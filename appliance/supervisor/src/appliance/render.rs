@@ -178,12 +178,10 @@ impl Appliance {
                 csr_der,
             } => self.node_join(conv, secret, name, csr_der).await,
             Request::NodeWork(w) => {
-                let Caller::Node { id, name } = &conv.caller else {
+                let Caller::Node { id, .. } = &conv.caller else {
                     unreachable!("authorized for nodes only")
                 };
-                Ok(Response::Work(
-                    self.render.node_work(id.clone(), name.clone(), w).await?,
-                ))
+                Ok(Response::Work(self.render.node_work(id.clone(), w).await?))
             }
             Request::NodeTaskDone(done) => {
                 let Caller::Node { id, .. } = &conv.caller else {
@@ -231,20 +229,17 @@ impl Appliance {
             .into_iter()
             .filter(|d| is_render_node(&d.id))
             .map(|d| {
-                let l = live.iter().find(|l| l.0 == d.id);
+                let l = live.iter().find(|l| l.id == d.id);
                 NodeInfo {
-                    state: if d.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        match l {
-                            None => "offline",
-                            Some((_, _, _, Some(_))) => "busy",
-                            Some(_) => "idle",
-                        }
+                    state: match l {
+                        _ if d.revoked_at.is_some() => "revoked",
+                        None => "offline",
+                        Some(l) if l.running.is_some() => "busy",
+                        Some(_) => "idle",
                     }
                     .into(),
-                    caps: l.map(|l| l.2.clone()).unwrap_or_default(),
-                    running: l.and_then(|l| l.3.clone()),
+                    caps: l.map(|l| l.caps.clone()).unwrap_or_default(),
+                    running: l.and_then(|l| l.running.clone()),
                     id: d.id,
                     name: d.name,
                     joined_at: d.paired_at,

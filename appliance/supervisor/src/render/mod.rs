@@ -13,6 +13,7 @@
 
 pub mod blobs;
 pub mod local;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -20,14 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use periphery_protocol::render::{
-    valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, JobSummary, NodeCaps, NodeWork,
-    TaskAssignment, TaskCounts, TaskDone, TaskInfo, TemplateSource, WireLease, WorkReply,
+    valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, NodeCaps, NodeWork,
+    TaskAssignment, TaskDone, TemplateSource, WireLease, WorkReply,
 };
 use periphery_protocol::{ApiError, ErrorCode};
 use periphery_render::builtin;
-use periphery_render::farm::{
-    Farm, FarmError, JobId, JobRequest, Lease, Millis, Progress, TaskRef, TaskState,
-};
+use periphery_render::farm::{Farm, FarmError, JobId, JobRequest, Lease, Millis, TaskRef};
 use periphery_render::template::Template;
 
 use crate::store::{AuditRecord, JobRow, Store, StoreError, TaskRow};
@@ -37,8 +36,6 @@ use blobs::Blobs;
 const LOG_TAIL: usize = 40;
 /// The longest a node's request for work is held.
 const MAX_WAIT: Duration = Duration::from_secs(10);
-/// A watcher hears of progress at most this often (a job's end at once).
-const WATCH_COALESCE: Duration = Duration::from_millis(100);
 
 /// Unix milliseconds now.
 pub fn now_ms() -> Millis {
@@ -67,17 +64,12 @@ struct JobExtra {
     tasks: Vec<Vec<TaskExtra>>,
 }
 
-#[derive(Debug, Clone)]
-struct LiveNode {
-    name: String,
-    caps: NodeCaps,
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     farm: Farm,
     jobs: BTreeMap<JobId, JobExtra>,
-    nodes: HashMap<String, LiveNode>,
+    /// What each node offers, from its last heartbeat.
+    nodes: HashMap<String, NodeCaps>,
     /// Tasks whose extra fields changed (the farm tracks its own).
     dirty: BTreeSet<TaskRef>,
     audit: Vec<AuditRecord>,
@@ -185,28 +177,6 @@ fn unwire(l: WireLease) -> Lease {
             task: l.task as usize,
         },
         serial: l.serial,
-    }
-}
-
-fn counts(p: Progress) -> TaskCounts {
-    let c = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    TaskCounts {
-        done: c(p.done),
-        running: c(p.running),
-        failed: c(p.failed),
-        waiting: c(p.waiting),
-        canceled: c(p.canceled),
-        total: c(p.total),
-    }
-}
-
-fn state_name(s: &TaskState) -> &'static str {
-    match s {
-        TaskState::Waiting => "waiting",
-        TaskState::Running { .. } => "running",
-        TaskState::Done => "done",
-        TaskState::Failed(_) => "failed",
-        TaskState::Canceled => "canceled",
     }
 }
 
@@ -441,144 +411,6 @@ impl RenderFarm {
         self.show(id)
     }
 
-    fn summary(&self, inner: &Inner, id: JobId) -> Option<JobSummary> {
-        let x = inner.jobs.get(&id)?;
-        let meta = inner.farm.job_meta(id)?;
-        let p = inner.farm.progress(id).ok()?;
-        let state = inner.farm.state(id).ok()?;
-        let left = p.waiting + p.running;
-        let elapsed = (now_ms() / 1000).saturating_sub(x.submitted_at);
-        let eta_secs = (p.done > 0 && left > 0 && !state.is_final())
-            .then(|| elapsed * left as u64 / p.done as u64);
-        Some(JobSummary {
-            id,
-            name: meta.name.clone(),
-            user: x.user.clone(),
-            state: state.as_str().into(),
-            priority: meta.priority,
-            tags: meta.tags.iter().cloned().collect(),
-            counts: counts(p),
-            submitted_at: x.submitted_at,
-            eta_secs,
-            output_dir: self.jobs_dir.join(id.to_string()).display().to_string(),
-        })
-    }
-
-    /// Job `id`'s summary once its state or counts differ from `seen`, or after `wait`
-    /// (capped at [`MAX_WAIT`]). Progress is coalesced to one answer per
-    /// [`WATCH_COALESCE`]; the job's end is answered at once.
-    pub async fn watch(
-        &self,
-        id: JobId,
-        seen: Option<JobSummary>,
-        wait: Duration,
-    ) -> Result<JobSummary, ApiError> {
-        self.watch_coalesced(id, seen, wait, WATCH_COALESCE).await
-    }
-
-    async fn watch_coalesced(
-        &self,
-        id: JobId,
-        seen: Option<JobSummary>,
-        wait: Duration,
-        coalesce: Duration,
-    ) -> Result<JobSummary, ApiError> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut changed_at = None;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let s = self
-                .summary(&lock(&self.inner), id)
-                .ok_or_else(|| farm_err(FarmError::NoJob(id)))?;
-            let Some(seen) = &seen else { return Ok(s) };
-            let now = tokio::time::Instant::now();
-            if seen.state != s.state || seen.counts != s.counts {
-                let at = *changed_at.get_or_insert(now);
-                let ended = s.state != "active" && s.state != "paused";
-                if ended || now >= at + coalesce || now >= deadline {
-                    return Ok(s);
-                }
-            } else if now >= deadline {
-                return Ok(s);
-            }
-            let until = changed_at.map_or(deadline, |at| (at + coalesce).min(deadline));
-            let _ = tokio::time::timeout_at(until, notified).await;
-        }
-    }
-
-    /// Jobs of `user` (every job for `None`), oldest first.
-    pub fn list(&self, user: Option<&str>) -> Vec<JobSummary> {
-        let inner = lock(&self.inner);
-        inner
-            .farm
-            .job_ids()
-            .filter(|id| user.is_none_or(|u| inner.jobs.get(id).is_some_and(|j| j.user == u)))
-            .filter_map(|id| self.summary(&inner, id))
-            .collect()
-    }
-
-    /// One job with its tasks.
-    pub fn show(&self, id: JobId) -> Result<JobDetail, ApiError> {
-        let inner = lock(&self.inner);
-        let summary = self
-            .summary(&inner, id)
-            .ok_or_else(|| farm_err(FarmError::NoJob(id)))?;
-        let meta = inner
-            .farm
-            .job_meta(id)
-            .ok_or(farm_err(FarmError::NoJob(id)))?;
-        let x = &inner.jobs[&id];
-        let mut tasks = Vec::new();
-        for (si, step) in x.tasks.iter().enumerate() {
-            for (ti, t) in step.iter().enumerate() {
-                let r = TaskRef {
-                    job: id,
-                    step: si,
-                    task: ti,
-                };
-                let Some(rec) = inner.farm.task(r) else {
-                    continue;
-                };
-                tasks.push(TaskInfo {
-                    step: meta.steps[si].name.clone(),
-                    index: ti as u32,
-                    params: t.params.clone(),
-                    state: state_name(&rec.state).into(),
-                    node: t.node.clone(),
-                    failures: rec.failures,
-                    error: match &rec.state {
-                        TaskState::Failed(e) => Some(e.clone()),
-                        _ => t.error.clone(),
-                    },
-                    log_tail: t.log_tail.iter().cloned().collect(),
-                    progress: t.progress.clone(),
-                    outputs: t.outputs.clone(),
-                });
-            }
-        }
-        Ok(JobDetail {
-            summary,
-            steps: meta
-                .steps
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        s.depends_on
-                            .iter()
-                            .map(|d| meta.steps[*d].name.clone())
-                            .collect(),
-                    )
-                })
-                .collect(),
-            tasks,
-            why: inner.farm.why(id).unwrap_or_default(),
-            blocklisted: inner.farm.blocklisted(id),
-        })
-    }
-
     /// Pauses, resumes, cancels or retries a job.
     pub fn control(
         &self,
@@ -624,20 +456,14 @@ impl RenderFarm {
     }
 
     /// One heartbeat of node `id` without waiting: the stop order or the task for it.
-    fn try_work(&self, id: &str, name: &str, w: &NodeWork) -> Result<WorkReply, ApiError> {
+    fn try_work(&self, id: &str, w: &NodeWork) -> Result<WorkReply, ApiError> {
         self.with(|inner| {
             let now = now_ms();
             let running = w.running.map(unwire);
             let held: Vec<Lease> = running.into_iter().chain(w.queued.map(unwire)).collect();
             let tags = w.caps.tags.iter().cloned().collect();
             let stop = inner.farm.node_seen(now, id, tags, &held);
-            inner.nodes.insert(
-                id.to_owned(),
-                LiveNode {
-                    name: name.to_owned(),
-                    caps: w.caps.clone(),
-                },
-            );
+            inner.nodes.insert(id.to_owned(), w.caps.clone());
             if let Some(l) = running.filter(|l| inner.farm.holds(id, *l)) {
                 if let Some(x) = inner
                     .jobs
@@ -678,7 +504,6 @@ impl RenderFarm {
     pub async fn node_work(
         self: &Arc<Self>,
         id: String,
-        name: String,
         w: NodeWork,
     ) -> Result<WorkReply, ApiError> {
         let deadline =
@@ -688,8 +513,8 @@ impl RenderFarm {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let me = self.clone();
-            let (i, n, work) = (id.clone(), name.clone(), w.clone());
-            let reply = tokio::task::spawn_blocking(move || me.try_work(&i, &n, &work))
+            let (i, work) = (id.clone(), w.clone());
+            let reply = tokio::task::spawn_blocking(move || me.try_work(&i, &work))
                 .await
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
             if reply.task.is_some() || reply.stop.is_some() || w.running.is_some() {
@@ -803,28 +628,6 @@ impl RenderFarm {
         Ok(())
     }
 
-    /// Live facts about nodes: name, capabilities, and what each runs.
-    pub fn live_nodes(&self) -> Vec<(String, String, NodeCaps, Option<String>)> {
-        let inner = lock(&self.inner);
-        let running: HashMap<&str, Option<TaskRef>> = inner.farm.nodes().collect();
-        inner
-            .nodes
-            .iter()
-            .filter(|(id, _)| running.contains_key(id.as_str()))
-            .map(|(id, n)| {
-                let what = running.get(id.as_str()).copied().flatten().map(|t| {
-                    let step = inner
-                        .farm
-                        .job_meta(t.job)
-                        .map(|m| m.steps[t.step].name.clone())
-                        .unwrap_or_default();
-                    format!("job {} {step}[{}]", t.job, t.task)
-                });
-                (id.clone(), n.name.clone(), n.caps.clone(), what)
-            })
-            .collect()
-    }
-
     /// A node was revoked or removed: its task waits again.
     pub fn node_gone(&self, id: &str) {
         let mut inner = lock(&self.inner);
@@ -841,7 +644,7 @@ impl RenderFarm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use periphery_protocol::render::TemplateSource;
+    use periphery_protocol::render::{JobSummary, TemplateSource};
 
     fn farm(dir: &std::path::Path) -> Arc<RenderFarm> {
         let store = Arc::new(Store::open(&dir.join("store.redb")).unwrap());
@@ -892,7 +695,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let t = std::time::Instant::now();
-        let task = f.try_work("n-1", "one", &idle()).unwrap().task.unwrap();
+        let task = f.try_work("n-1", &idle()).unwrap().task.unwrap();
         let running = watcher.await.unwrap().unwrap();
         assert_eq!(running.counts.running, 1);
         assert!(t.elapsed() >= short && t.elapsed() < MAX_WAIT);
