@@ -44,6 +44,9 @@ pub enum SessionError {
     /// The appliance refused the request.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The TLS configuration could not be made.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::ClientTlsError),
 }
 
 impl SessionError {
@@ -148,6 +151,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
+    /// Connects without credentials as `software`, accepting the certificate the appliance
+    /// shows, for the caller to bind by pairing or check against a fingerprint it knows
+    /// (a join token's). Returns the session and that certificate (DER).
+    pub async fn first_contact(
+        addr: SocketAddr,
+        software: &str,
+    ) -> Result<(Self, Vec<u8>), SessionError> {
+        let seen = crate::tls::SeenCert::default();
+        let session =
+            Self::connect_as(addr, crate::tls::first_contact(seen.clone())?, software).await?;
+        let cert = seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SessionError::Protocol("the appliance showed no certificate".into()))?;
+        Ok((session, cert))
+    }
+
     /// Connects to `addr` with `config`, opens the control stream and says hello as a
     /// tablet.
     pub async fn connect(

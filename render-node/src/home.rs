@@ -1,11 +1,10 @@
 //! The node's credentials: which appliance, its own id, key and certificate, the pinned CA.
 //! In `--home` (default `~/.local/state/periphery-render-node`), keys 0600.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use periphery_client::files::{CredentialFiles, StoredCredentials};
 use serde::{Deserialize, Serialize};
 
 /// What `join` learned.
@@ -40,47 +39,42 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    periphery_client::files::write_atomic(path, bytes, mode)
-        .map_err(|(p, e)| anyhow::Error::new(e).context(format!("cannot write {}", p.display())))
+const FILES: CredentialFiles = CredentialFiles {
+    key: "node.key",
+    cert: "node.crt",
+    record: "node.toml",
+};
+
+fn io_error((p, e): (PathBuf, std::io::Error)) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("cannot access {}", p.display()))
 }
 
 /// Saves the credentials.
 pub fn save(dir: &Path, c: &Credentials) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(&dir.join("node.key"), &c.key_der, 0o600)?;
-    write_atomic(&dir.join("node.crt"), &c.cert_der, 0o644)?;
-    write_atomic(&dir.join("appliance-ca.crt"), &c.ca_der, 0o644)?;
-    write_atomic(
-        &dir.join("node.toml"),
-        toml::to_string(&c.joined)?.as_bytes(),
-        0o644,
-    )
+    let stored = StoredCredentials {
+        record: toml::to_string(&c.joined)?,
+        key_der: c.key_der.clone(),
+        cert_der: c.cert_der.clone(),
+        ca_der: c.ca_der.clone(),
+    };
+    FILES.save(dir, &stored).map_err(io_error)
 }
 
 /// Loads the credentials.
 pub fn load(dir: &Path) -> anyhow::Result<Credentials> {
-    let toml_path = dir.join("node.toml");
-    let text = fs::read_to_string(&toml_path).with_context(|| {
-        format!(
+    let toml_path = dir.join(FILES.record);
+    let Some(s) = FILES.load(dir).map_err(io_error)? else {
+        anyhow::bail!(
             "this node has not joined an appliance (no {}); run `periphery-render-node join <appliance> --token T`",
             toml_path.display()
-        )
-    })?;
-    let joined: Joined =
-        toml::from_str(&text).with_context(|| format!("{} is damaged", toml_path.display()))?;
-    let read = |n: &str| {
-        let p = dir.join(n);
-        fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
+        );
     };
+    let joined: Joined =
+        toml::from_str(&s.record).with_context(|| format!("{} is damaged", toml_path.display()))?;
     Ok(Credentials {
         joined,
-        key_der: read("node.key")?,
-        cert_der: read("node.crt")?,
-        ca_der: read("appliance-ca.crt")?,
+        key_der: s.key_der,
+        cert_der: s.cert_der,
+        ca_der: s.ca_der,
     })
 }

@@ -19,7 +19,6 @@ use clap::{Parser, Subcommand};
 use rcgen::{CertificateParams, KeyPair};
 
 use periphery_client::session::Session;
-use periphery_client::tls::{first_contact, SeenCert};
 use periphery_protocol::pairing::fingerprint;
 use periphery_protocol::render::NodeCaps;
 use periphery_protocol::{Request, Response};
@@ -149,18 +148,8 @@ async fn join(
     let addr = periphery_client::session::resolve(&appliance)
         .await
         .with_context(|| format!("cannot resolve {appliance}"))?;
-    let seen = SeenCert::default();
-    let mut s = Session::connect_as(
-        addr,
-        first_contact(seen.clone())?,
-        concat!("periphery-render-node ", env!("CARGO_PKG_VERSION")),
-    )
-    .await?;
-    let cert = seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .context("the appliance showed no certificate")?;
+    let software = concat!("periphery-render-node ", env!("CARGO_PKG_VERSION"));
+    let (mut s, cert) = Session::first_contact(addr, software).await?;
     let got = fingerprint(&cert);
     if got.trim_start_matches("sha256:") != fp {
         anyhow::bail!(

@@ -4,11 +4,9 @@
 //! `appliance.toml` (address, name, fingerprint, device id, user). Files are written to a
 //! temporary name and renamed, so a crash never leaves half a pairing.
 
-use std::fs;
-
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use periphery_client::files::{CredentialFiles, StoredCredentials};
 use serde::{Deserialize, Serialize};
 
 /// What the tablet remembers about the appliance it paired with.
@@ -68,16 +66,14 @@ pub enum HomeError {
 #[derive(Debug, Clone)]
 pub struct Home(PathBuf);
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
-    move |source| HomeError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
+const FILES: CredentialFiles = CredentialFiles {
+    key: "device.key",
+    cert: "device.crt",
+    record: "appliance.toml",
+};
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeError> {
-    periphery_client::files::write_atomic(path, bytes, mode)
-        .map_err(|(path, source)| HomeError::Io { path, source })
+fn io_error((path, source): (PathBuf, std::io::Error)) -> HomeError {
+    HomeError::Io { path, source }
 }
 
 impl Home {
@@ -104,45 +100,34 @@ impl Home {
 
     /// Stores a new pairing, replacing any earlier one.
     pub fn save(&self, c: &Credentials) -> Result<(), HomeError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.0)
-            .map_err(io(&self.0))?;
-        let toml = toml::to_string(&c.pairing).map_err(|e| HomeError::Damaged {
-            path: self.0.join("appliance.toml"),
+        let record = toml::to_string(&c.pairing).map_err(|e| HomeError::Damaged {
+            path: self.0.join(FILES.record),
             problem: e.to_string(),
         })?;
-        write_atomic(&self.0.join("device.key"), &c.key_der, 0o600)?;
-        write_atomic(&self.0.join("device.crt"), &c.cert_der, 0o644)?;
-        write_atomic(&self.0.join("appliance-ca.crt"), &c.ca_der, 0o644)?;
-        // Written last: its presence means the pairing is complete.
-        write_atomic(&self.0.join("appliance.toml"), toml.as_bytes(), 0o644)
+        let stored = StoredCredentials {
+            record,
+            key_der: c.key_der.clone(),
+            cert_der: c.cert_der.clone(),
+            ca_der: c.ca_der.clone(),
+        };
+        FILES.save(&self.0, &stored).map_err(io_error)
     }
 
     /// Loads the pairing.
     pub fn load(&self) -> Result<Credentials, HomeError> {
-        let toml_path = self.0.join("appliance.toml");
-        let text = match fs::read_to_string(&toml_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(HomeError::NotPaired(self.0.clone()))
-            }
-            Err(e) => return Err(io(&toml_path)(e)),
-        };
-        let pairing: Pairing = toml::from_str(&text).map_err(|e| HomeError::Damaged {
-            path: toml_path.clone(),
+        let s = FILES
+            .load(&self.0)
+            .map_err(io_error)?
+            .ok_or_else(|| HomeError::NotPaired(self.0.clone()))?;
+        let pairing: Pairing = toml::from_str(&s.record).map_err(|e| HomeError::Damaged {
+            path: self.0.join(FILES.record),
             problem: e.to_string(),
         })?;
-        let read = |name: &str| {
-            let p = self.0.join(name);
-            fs::read(&p).map_err(io(&p))
-        };
         Ok(Credentials {
             pairing,
-            key_der: read("device.key")?,
-            cert_der: read("device.crt")?,
-            ca_der: read("appliance-ca.crt")?,
+            key_der: s.key_der,
+            cert_der: s.cert_der,
+            ca_der: s.ca_der,
         })
     }
 }

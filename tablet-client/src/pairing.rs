@@ -15,7 +15,7 @@ use periphery_protocol::{PairedDevice, Request, Response};
 
 use crate::home::{Credentials, Pairing};
 use crate::session::{Session, SessionError};
-use crate::tls::{first_contact, ClientTlsError, SeenCert};
+use crate::tls::ClientTlsError;
 
 /// Why pairing failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +48,8 @@ pub struct FirstContact {
 impl FirstContact {
     /// Connects without credentials.
     pub async fn connect(addr: SocketAddr) -> Result<Self, PairError> {
-        let seen = SeenCert::default();
-        let session = Session::connect(addr, first_contact(seen.clone())?).await?;
-        let server_cert = seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| PairError::Unexpected("no certificate seen".into()))?;
+        let software = concat!("periphery-tablet ", env!("CARGO_PKG_VERSION"));
+        let (session, server_cert) = Session::first_contact(addr, software).await?;
         Ok(Self {
             session,
             server_cert,
