@@ -29,7 +29,7 @@ use periphery_session::Session;
 pub const SCHEMA_VERSION: u64 = 5;
 
 pub mod render;
-pub use render::{JobRow, TaskRow};
+pub use render::{JobFacts, JobRow, TaskFacts, TaskRow};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");

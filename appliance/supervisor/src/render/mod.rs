@@ -15,7 +15,7 @@ pub mod blobs;
 pub mod local;
 mod view;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,7 @@ use periphery_render::builtin;
 use periphery_render::farm::{Farm, FarmError, JobId, JobRequest, Lease, Millis, TaskRef};
 use periphery_render::template::Template;
 
-use crate::store::{AuditRecord, JobRow, Store, StoreError, TaskRow};
+use crate::store::{AuditRecord, JobFacts, JobRow, Store, StoreError, TaskFacts, TaskRow};
 use blobs::Blobs;
 
 /// Lines of a task's output kept.
@@ -45,23 +45,11 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Default)]
-struct TaskExtra {
-    params: String,
-    argv: Vec<String>,
-    outputs: Vec<FileRef>,
-    node: Option<String>,
-    error: Option<String>,
-    log_tail: VecDeque<String>,
-    progress: Option<String>,
-}
-
+/// The appliance's part of a job, as stored, with its tasks' parts step by step.
 #[derive(Debug, Clone)]
 struct JobExtra {
-    user: String,
-    submitted_at: u64,
-    inputs: Vec<FileRef>,
-    tasks: Vec<Vec<TaskExtra>>,
+    facts: JobFacts,
+    tasks: Vec<Vec<TaskFacts>>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +58,8 @@ struct Inner {
     jobs: BTreeMap<JobId, JobExtra>,
     /// What each node offers, from its last heartbeat.
     nodes: HashMap<String, NodeCaps>,
+    /// What running tasks last said of their progress (`frame 3`); not stored.
+    progress: HashMap<TaskRef, String>,
     /// Tasks whose extra fields changed (the farm tracks its own).
     dirty: BTreeSet<TaskRef>,
     audit: Vec<AuditRecord>,
@@ -101,7 +91,7 @@ impl Inner {
         let Some((meta, job)) = self.farm.job_meta(t.job).zip(self.jobs.get_mut(&t.job)) else {
             return Err(farm_err(FarmError::NoJob(t.job)));
         };
-        let mut inputs = job.inputs.clone();
+        let mut inputs = job.facts.inputs.clone();
         for d in &meta.steps[t.step].depends_on {
             for x in &job.tasks[*d] {
                 inputs.extend(x.outputs.iter().cloned());
@@ -109,8 +99,8 @@ impl Inner {
         }
         let x = &mut job.tasks[t.step][t.task];
         x.node = Some(id.to_owned());
-        x.progress = None;
         x.log_tail.clear();
+        self.progress.remove(&t);
         self.dirty.insert(t);
         tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, attempt = a.attempt, "task assigned");
         Ok(Some(TaskAssignment {
@@ -192,36 +182,18 @@ impl RenderFarm {
         let mut jobs = BTreeMap::new();
         let mut rows = Vec::new();
         for (id, row, tasks) in stored {
-            let extra = JobExtra {
-                user: row.user.clone(),
-                submitted_at: row.submitted_at,
-                inputs: row.inputs.clone(),
-                tasks: tasks
-                    .iter()
-                    .map(|step| {
-                        step.iter()
-                            .map(|t| TaskExtra {
-                                params: t.params.clone(),
-                                argv: t.argv.clone(),
-                                outputs: t.outputs.clone(),
-                                node: t.node.clone(),
-                                error: t.error.clone(),
-                                log_tail: t.log_tail.iter().cloned().collect(),
-                                progress: None,
-                            })
-                            .collect()
-                    })
-                    .collect(),
-            };
-            jobs.insert(id, extra);
-            rows.push((
+            let (facts, recs): (Vec<Vec<TaskFacts>>, Vec<Vec<_>>) = tasks
+                .into_iter()
+                .map(|step| step.into_iter().map(|t| (t.facts, t.rec)).unzip())
+                .unzip();
+            jobs.insert(
                 id,
-                row.meta,
-                tasks
-                    .into_iter()
-                    .map(|s| s.into_iter().map(|t| t.rec).collect())
-                    .collect(),
-            ));
+                JobExtra {
+                    facts: row.facts,
+                    tasks: facts,
+                },
+            );
+            rows.push((id, row.meta, recs));
         }
         let farm =
             Farm::restore(now_ms(), rows).with_node_timeout(lease_timeout.as_millis() as Millis);
@@ -253,9 +225,7 @@ impl RenderFarm {
                     *id,
                     JobRow {
                         meta: meta.clone(),
-                        user: x.user.clone(),
-                        submitted_at: x.submitted_at,
-                        inputs: x.inputs.clone(),
+                        facts: x.facts.clone(),
                     },
                 ));
             }
@@ -277,12 +247,7 @@ impl RenderFarm {
                 (t.job, t.step as u32, t.task as u32),
                 TaskRow {
                     rec: rec.clone(),
-                    params: x.params.clone(),
-                    argv: x.argv.clone(),
-                    outputs: x.outputs.clone(),
-                    node: x.node.clone(),
-                    error: x.error.clone(),
-                    log_tail: x.log_tail.iter().cloned().collect(),
+                    facts: x.clone(),
                 },
             ));
         }
@@ -303,7 +268,10 @@ impl RenderFarm {
 
     /// The owner of a job.
     pub fn owner(&self, job: JobId) -> Option<String> {
-        lock(&self.inner).jobs.get(&job).map(|j| j.user.clone())
+        lock(&self.inner)
+            .jobs
+            .get(&job)
+            .map(|j| j.facts.user.clone())
     }
 
     /// Queues a job for `user`.
@@ -374,16 +342,18 @@ impl RenderFarm {
             inner.jobs.insert(
                 id,
                 JobExtra {
-                    user: user.to_owned(),
-                    submitted_at: now / 1000,
-                    inputs: sub.inputs.clone(),
+                    facts: JobFacts {
+                        user: user.to_owned(),
+                        submitted_at: now / 1000,
+                        inputs: sub.inputs.clone(),
+                    },
                     tasks: spec
                         .steps
                         .iter()
                         .map(|s| {
                             s.tasks
                                 .iter()
-                                .map(|t| TaskExtra {
+                                .map(|t| TaskFacts {
                                     params: t
                                         .params
                                         .iter()
@@ -465,12 +435,15 @@ impl RenderFarm {
             let stop = inner.farm.node_seen(now, id, tags, &held);
             inner.nodes.insert(id.to_owned(), w.caps.clone());
             if let Some(l) = running.filter(|l| inner.farm.holds(id, *l)) {
+                match &w.progress {
+                    Some(p) => inner.progress.insert(l.task, p.clone()),
+                    None => inner.progress.remove(&l.task),
+                };
                 if let Some(x) = inner
                     .jobs
                     .get_mut(&l.task.job)
                     .and_then(|j| j.tasks.get_mut(l.task.step)?.get_mut(l.task.task))
                 {
-                    x.progress = w.progress.clone();
                     for line in &w.log {
                         if x.log_tail.len() == LOG_TAIL {
                             x.log_tail.pop_front();
@@ -567,8 +540,8 @@ impl RenderFarm {
                     }
                     Err(e) => x.error = Some(e.clone()),
                 }
-                x.progress = None;
             }
+            inner.progress.remove(&t);
             inner.dirty.insert(t);
             match &outcome {
                 Ok(_) => tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, "task done"),

@@ -53,18 +53,18 @@ impl RenderFarm {
         let p = inner.farm.progress(id).ok()?;
         let state = inner.farm.state(id).ok()?;
         let left = p.waiting + p.running;
-        let elapsed = (now_ms() / 1000).saturating_sub(x.submitted_at);
+        let elapsed = (now_ms() / 1000).saturating_sub(x.facts.submitted_at);
         let eta_secs = (p.done > 0 && left > 0 && !state.is_final())
             .then(|| elapsed * left as u64 / p.done as u64);
         Some(JobSummary {
             id,
             name: meta.name.clone(),
-            user: x.user.clone(),
+            user: x.facts.user.clone(),
             state: state.as_str().into(),
             priority: meta.priority,
             tags: meta.tags.iter().cloned().collect(),
             counts: counts(p),
-            submitted_at: x.submitted_at,
+            submitted_at: x.facts.submitted_at,
             eta_secs,
             output_dir: self.jobs_dir.join(id.to_string()).display().to_string(),
         })
@@ -120,7 +120,7 @@ impl RenderFarm {
         inner
             .farm
             .job_ids()
-            .filter(|id| user.is_none_or(|u| inner.jobs.get(id).is_some_and(|j| j.user == u)))
+            .filter(|id| user.is_none_or(|u| inner.jobs.get(id).is_some_and(|j| j.facts.user == u)))
             .filter_map(|id| self.summary(&inner, id))
             .collect()
     }
@@ -159,7 +159,7 @@ impl RenderFarm {
                         _ => t.error.clone(),
                     },
                     log_tail: t.log_tail.iter().cloned().collect(),
-                    progress: t.progress.clone(),
+                    progress: inner.progress.get(&r).cloned(),
                     outputs: t.outputs.clone(),
                 });
             }

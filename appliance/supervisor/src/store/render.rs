@@ -7,6 +7,8 @@
 //! [`Store::write_render`] writes just those rows, with their audit entries, in one
 //! transaction, so a 10,000-task job costs one row per task that moved.
 
+use std::collections::VecDeque;
+
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +21,9 @@ pub(super) const RENDER_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new
 pub(super) const RENDER_TASKS: TableDefinition<(u64, u32, u32), &[u8]> =
     TableDefinition::new("render_tasks");
 
-/// A job as stored.
+/// What the appliance keeps of a job besides the scheduler's part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRow {
-    /// The scheduler's part.
-    pub meta: JobMeta,
+pub struct JobFacts {
     /// Whose job it is.
     pub user: String,
     /// Unix seconds.
@@ -32,11 +32,19 @@ pub struct JobRow {
     pub inputs: Vec<FileRef>,
 }
 
-/// A task as stored.
+/// A job as stored. (postcard writes a nested struct as its fields in order, so this is
+/// the same bytes as the fields written flat: schema 5 as it was.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskRow {
+pub struct JobRow {
     /// The scheduler's part.
-    pub rec: TaskRecord,
+    pub meta: JobMeta,
+    /// The appliance's part.
+    pub facts: JobFacts,
+}
+
+/// What the appliance keeps of a task besides the scheduler's part.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskFacts {
     /// Its parameters (`Frame=1-5`).
     pub params: String,
     /// Its command line.
@@ -47,8 +55,17 @@ pub struct TaskRow {
     pub node: Option<String>,
     /// The last failure.
     pub error: Option<String>,
-    /// The last lines of its output.
-    pub log_tail: Vec<String>,
+    /// The last lines of its output (a sequence, as a `Vec` is written).
+    pub log_tail: VecDeque<String>,
+}
+
+/// A task as stored (the same bytes as its fields written flat).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// The scheduler's part.
+    pub rec: TaskRecord,
+    /// The appliance's part.
+    pub facts: TaskFacts,
 }
 
 /// A stored job with its tasks, step by step.
@@ -161,9 +178,11 @@ mod tests {
                 }],
                 failures: Default::default(),
             },
-            user: "alice".into(),
-            submitted_at: 1,
-            inputs: vec![],
+            facts: JobFacts {
+                user: "alice".into(),
+                submitted_at: 1,
+                inputs: vec![],
+            },
         }
     }
 
@@ -173,13 +192,54 @@ mod tests {
                 state,
                 ..Default::default()
             },
-            params: "Frame=1".into(),
-            argv: vec!["true".into()],
-            outputs: vec![],
-            node: None,
-            error: None,
-            log_tail: vec![],
+            facts: TaskFacts {
+                params: "Frame=1".into(),
+                argv: vec!["true".into()],
+                ..Default::default()
+            },
         }
+    }
+
+    #[test]
+    fn rows_are_the_bytes_schema_5_wrote_flat() {
+        #[derive(Serialize)]
+        struct FlatTask {
+            rec: TaskRecord,
+            params: String,
+            argv: Vec<String>,
+            outputs: Vec<FileRef>,
+            node: Option<String>,
+            error: Option<String>,
+            log_tail: Vec<String>,
+        }
+        let mut t = task(TaskState::Done);
+        t.facts.node = Some("n-1".into());
+        t.facts.log_tail = ["a".to_string(), "b".to_string()].into();
+        let flat = FlatTask {
+            rec: t.rec.clone(),
+            params: t.facts.params.clone(),
+            argv: t.facts.argv.clone(),
+            outputs: vec![],
+            node: t.facts.node.clone(),
+            error: None,
+            log_tail: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(encode(&flat), encode(&t));
+        #[derive(Serialize)]
+        struct FlatJob {
+            meta: JobMeta,
+            user: String,
+            submitted_at: u64,
+            inputs: Vec<FileRef>,
+        }
+        let j = row(2);
+        let flat = FlatJob {
+            meta: j.meta.clone(),
+            user: j.facts.user.clone(),
+            submitted_at: j.facts.submitted_at,
+            inputs: vec![],
+        };
+        assert_eq!(encode(&flat), encode(&j));
     }
 
     #[test]
