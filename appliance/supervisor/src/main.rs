@@ -5,6 +5,7 @@
 
 mod admin;
 mod appliance;
+mod clock;
 mod codes;
 mod config;
 mod control;
@@ -28,7 +29,6 @@ use clap::{Args, Parser, Subcommand};
 use periphery_protocol::{Request, Response, Role};
 
 use crate::admin::AdminClient;
-use crate::appliance::unix_now;
 use crate::config::{Config, FileConfig, LogFormat, Overrides};
 
 /// Periphery: a desktop microcloud appliance.
@@ -330,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {
                 anyhow::bail!("unexpected answer");
             };
-            let now = unix_now();
+            let now = crate::clock::unix_secs();
             for r in rows {
                 println!(
                     "{:>6}  {:>8} ago  {:<18} {:<24} {}",
@@ -372,7 +372,7 @@ async fn status(state_dir: &std::path::Path) -> anyhow::Result<()> {
     let Response::Status(s) = c.request(Request::Status).await? else {
         anyhow::bail!("unexpected answer");
     };
-    let now = unix_now();
+    let now = crate::clock::unix_secs();
     println!("Periphery appliance {}", s.name);
     println!(
         "  version       {} (protocol {}-{})",
@@ -531,7 +531,7 @@ async fn device(state_dir: &std::path::Path, cmd: DeviceCommand) -> anyhow::Resu
             let Response::Devices(devices) = c.request(Request::DeviceList { user }).await? else {
                 anyhow::bail!("unexpected answer");
             };
-            let now = unix_now();
+            let now = crate::clock::unix_secs();
             for d in devices {
                 println!(
                     "{:<14} {:<16} {:<20} paired {:>8} ago  last seen {:<10} serial {}  {}{}",

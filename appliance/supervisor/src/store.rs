@@ -123,10 +123,7 @@ impl AuditRecord {
     /// An entry for now.
     pub fn new(actor: String, event: &str, detail: String) -> Self {
         AuditRecord {
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            at: crate::clock::unix_secs(),
             actor,
             event: event.to_owned(),
             detail,

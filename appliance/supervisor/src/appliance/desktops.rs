@@ -315,7 +315,7 @@ impl Appliance {
             spec,
             desired_running: false,
             uid: 0,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
             last_error: None,
         };
         let a = audit(

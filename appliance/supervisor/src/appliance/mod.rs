@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
@@ -313,14 +313,6 @@ pub struct Appliance {
     node_tokens: Mutex<Vec<(String, Instant)>>,
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -439,7 +431,7 @@ impl Appliance {
                 let Some(d) = s.device_by_fingerprint(&fp)? else {
                     return Ok(None);
                 };
-                let _ = s.touch_device(&d.id, unix_now());
+                let _ = s.touch_device(&d.id, crate::clock::unix_secs());
                 if d.revoked_at.is_some() {
                     return Ok(None);
                 }
@@ -543,7 +535,7 @@ impl Appliance {
                 let audit = audit(actor, "user-remove", format!("removed user {name}"));
                 let n = name.clone();
                 let fps = self
-                    .blocking(move |s| s.remove_user(&n, unix_now(), &audit))
+                    .blocking(move |s| s.remove_user(&n, crate::clock::unix_secs(), &audit))
                     .await
                     .map_err(lookup_err)?;
                 for fp in fps {
@@ -690,7 +682,7 @@ impl Appliance {
             name: name.clone(),
             role,
             password_hash,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
         };
         let a = audit(actor, "user-add", format!("added {role} {name}"));
         match self.blocking(move |s| s.add_user(&rec, &a)).await {
@@ -735,7 +727,7 @@ impl Appliance {
         );
         let i = id.clone();
         let d = self
-            .blocking(move |s| s.revoke_device(&i, unix_now(), &a))
+            .blocking(move |s| s.revoke_device(&i, crate::clock::unix_secs(), &a))
             .await
             .map_err(lookup_err)?;
         self.devices.set(&d.fingerprint, DeviceStanding::Revoked);

@@ -264,7 +264,7 @@ impl Appliance {
             user: user.to_owned(),
             serial: cert.serial.clone(),
             fingerprint: cert.fingerprint.clone(),
-            paired_at: unix_now(),
+            paired_at: crate::clock::unix_secs(),
             last_seen: None,
             revoked_at: None,
         };

@@ -5,8 +5,6 @@
 //! updates the gate's copy before releasing it: input checked at the gate afterwards sees the
 //! new epoch. Only then are tablets detached (with the reason) and notified.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rand::RngCore;
 
 use periphery_protocol::{ApiError, ErrorCode, Notice, OfferInfo, Request, Response, SessionInfo};
@@ -16,10 +14,7 @@ use super::{audit, audit_entry, internal, lock, Appliance, Caller, Conversation}
 use crate::store::{AuditRecord, WorkstationRecord};
 
 fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    crate::clock::unix_ms()
 }
 
 fn ws_name(rec: &WorkstationRecord) -> String {

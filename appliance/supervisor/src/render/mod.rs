@@ -18,7 +18,7 @@ mod view;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use periphery_protocol::render::{
     valid_job_path, FileRef, JobAction, JobDetail, JobSubmission, NodeCaps, NodeWork,
@@ -39,10 +39,7 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Unix milliseconds now.
 pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_ms()
 }
 
 /// The appliance's part of a job, as stored, with its tasks' parts step by step.
