@@ -1,28 +1,35 @@
-//! The node's work loop: ask the appliance for work (the call is held until a task fits),
-//! fetch the task's inputs into the cache by hash, run its command in a fresh working
-//! directory with a heartbeat every second (progress and new output lines; the answer may
-//! say stop), upload the outputs the appliance lacks, and report.
+//! The node's work loop: one task runs at a time, in a fresh working directory, with the
+//! tasks queued behind it; one call to the appliance is on the link at a time, and the loop
+//! never waits for it. Each call ([`NodeWork`]) is a heartbeat (the leases held, progress,
+//! new output lines; at least every second while a task runs), carries the reports of the
+//! tasks that ended since the last (their outputs uploaded first), and asks for tasks. The
+//! answer may say stop or drop a lease.
 //!
-//! Short tasks: a node whose last task ran under [`PREFETCH_BELOW`] asks for the next task
-//! ahead and holds it queued; when its task ends it starts the queued one first and reports
-//! after, so the report's round trip to the appliance overlaps work instead of idling.
+//! Short tasks: a node whose tasks run under [`PREFETCH_BELOW`] asks for enough queued tasks
+//! to cover two round trips to the appliance, so when one ends the next starts at once and
+//! the report travels while it runs; reports that end meanwhile go together in the next
+//! call. A queued task's inputs are fetched into the cache while the one before it runs.
 //!
 //! A lost connection is retried with backoff (for two minutes a request) while the task keeps
 //! running, and finished work is reported once the appliance is back; if the lease
 //! expired meanwhile, the report is refused and the outputs are discarded by the appliance.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use periphery_client::session::Session;
 use periphery_client::tls;
 use periphery_protocol::render::{
-    FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, WireLease, WorkReply, MAX_BLOB_CHUNK,
+    valid_hash, FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, WireLease, WorkReply,
+    MAX_BLOB_CHUNK,
 };
 use periphery_protocol::{Request, Response};
 use periphery_render::blender::{parse_line, Event};
@@ -112,45 +119,28 @@ impl Node {
     /// Works until the process is stopped.
     pub async fn run(&self) -> anyhow::Result<()> {
         // What an earlier run left.
-        let _ = std::fs::remove_dir_all(self.cache.join("work"));
-        let mut w = Worker {
-            node: self,
-            link: Link {
-                creds: &self.creds,
-                session: None,
-            },
-            slot: 0,
-            prefetch: false,
-        };
-        loop {
-            let ask = NodeWork {
-                caps: self.caps.clone(),
-                wait_ms: 5_000,
-                prefetch: w.prefetch,
-                ..NodeWork::default()
-            };
-            match w.link.request(Request::NodeWork(ask)).await {
-                Ok(Response::Work(r)) => {
-                    if let Some(t) = r.task {
-                        w.work_through(t, r.next).await;
-                        w.tidy();
-                    }
-                }
-                Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
-                Err(e) if e.is::<Refused>() => return Err(e),
-                // The link has tried for a while already; keep asking.
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot ask for work"),
-            }
+        for d in [WORK, OUTGOING] {
+            let _ = std::fs::remove_dir_all(self.cache.join(d));
         }
+        Worker::new(self).run().await
+    }
+
+    /// Where the cache holds `f`, if it does.
+    fn cached(&self, f: &FileRef) -> Option<PathBuf> {
+        let path = self.cache.join("blobs").join(&f.hash);
+        (valid_hash(&f.hash) && path.is_file()).then_some(path)
     }
 
     /// Makes sure the cache holds `f`; returns its path there.
     async fn fetch(&self, link: &mut Link<'_>, f: &FileRef) -> anyhow::Result<PathBuf> {
-        let dir = self.cache.join("blobs");
-        let path = dir.join(&f.hash);
-        if path.is_file() {
+        if let Some(path) = self.cached(f) {
             return Ok(path);
         }
+        if !valid_hash(&f.hash) {
+            anyhow::bail!("'{}' is not a content hash", f.hash);
+        }
+        let dir = self.cache.join("blobs");
+        let path = dir.join(&f.hash);
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!("{}.part", f.hash));
         let mut data = Vec::with_capacity(f.size as usize);
@@ -189,40 +179,46 @@ impl Node {
     }
 }
 
-/// Tasks that ran shorter than this ask for their successor ahead ([`NodeWork::prefetch`]):
-/// for them a round trip to the appliance between two tasks is a cost worth hiding; for
-/// longer ones it is not worth a task waiting behind a busy node.
+/// Tasks that ran shorter than this queue successors ([`NodeWork::want`]): for them a round
+/// trip to the appliance between two tasks is a cost worth hiding; for longer ones it is
+/// not worth tasks waiting behind a busy node.
 const PREFETCH_BELOW: Duration = Duration::from_secs(1);
+/// The most tasks a node asks to hold queued behind the one it runs.
+const MAX_AHEAD: usize = 8;
+/// How often a busy node's heartbeat goes when no other call went.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long an idle node's call for work may be held.
+const IDLE_WAIT_MS: u32 = 5_000;
+/// The pause after a call that failed, before the next.
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// The working directory, under the cache.
+const WORK: &str = "work";
+/// Where outputs wait for their report, under the cache.
+const OUTGOING: &str = "outgoing";
 
-/// Working directories, used in turn: the next task starts while the report of the last
-/// one is on its way.
-const SLOTS: usize = 2;
+/// A call to the appliance in flight; it owns the link and gives it back.
+type Call<'a> = Pin<Box<dyn Future<Output = (Link<'a>, Called)> + 'a>>;
 
-/// A node at work: its link, and what it learnt of its tasks.
-struct Worker<'a> {
-    node: &'a Node,
-    link: Link<'a>,
-    /// The working directory the next task takes.
-    slot: usize,
-    /// The last task was short: ask for the next ahead.
-    prefetch: bool,
+/// What a call was, and what came of it.
+enum Called {
+    /// A [`NodeWork`] call: when it went, whether the appliance could hold it.
+    Work {
+        sent: Instant,
+        waited: bool,
+        reply: Box<anyhow::Result<Response>>,
+    },
+    /// A queued task's inputs fetched into the cache, or why not.
+    Fetched {
+        lease: WireLease,
+        result: anyhow::Result<()>,
+    },
 }
 
-/// A task, started or not.
-enum Current {
-    /// Its command runs.
-    Running(Box<Running>),
-    /// It could not start (an input missing, the command not found): reported as failed.
-    Failed(TaskAssignment, String),
-}
-
-impl Current {
-    fn lease(&self) -> WireLease {
-        match self {
-            Current::Running(r) => r.t.lease,
-            Current::Failed(t, _) => t.lease,
-        }
-    }
+/// A task that ended, to report: with its outputs staged under [`OUTGOING`], so the working
+/// directory is free for the next task before the report goes.
+struct Ended {
+    done: TaskDone,
+    staged: Vec<(PathBuf, FileRef)>,
 }
 
 /// A task whose command runs.
@@ -231,16 +227,24 @@ struct Running {
     child: crate::spawn::Child,
     /// Its output, a line at a time, from both pipes.
     lines: mpsc::UnboundedReceiver<String>,
-    work: PathBuf,
+    lines_open: bool,
     inputs: HashSet<(String, String)>,
-    began: std::time::Instant,
+    began: Instant,
+    out: Output,
+}
+
+/// What a running command did.
+enum Happened {
+    Line(String),
+    LinesClosed,
+    Exited(std::io::Result<std::process::ExitStatus>),
 }
 
 /// What a running command said: its last lines, those not yet sent, its progress and the
 /// last error line Blender printed.
 #[derive(Default)]
 struct Output {
-    tail: std::collections::VecDeque<String>,
+    tail: VecDeque<String>,
     fresh: Vec<String>,
     progress: Option<String>,
     error: Option<String>,
@@ -288,86 +292,321 @@ fn prepare(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Worker<'_> {
-    /// Runs `first`, going on to a queued task as soon as one ends and reporting each,
-    /// until the appliance hands out nothing more.
-    async fn work_through(&mut self, first: TaskAssignment, mut queued: Option<TaskAssignment>) {
-        let mut current = self.start(first).await;
+/// How many tasks to hold queued behind the running one, for tasks that run `task_time` and
+/// calls that take `round_trip`: none for long tasks (or before one ended); for short ones
+/// as many as run in two round trips, at least one and at most [`MAX_AHEAD`].
+fn ahead(task_time: Option<Duration>, round_trip: Option<Duration>) -> usize {
+    match task_time {
+        Some(t) if t < PREFETCH_BELOW => {
+            let trip = round_trip.unwrap_or(Duration::from_millis(5));
+            let n = (trip.as_micros() * 2).div_ceil(t.as_micros().max(1));
+            (n as usize).clamp(1, MAX_AHEAD)
+        }
+        _ => 0,
+    }
+}
+
+/// An average that follows the recent: three parts the old, one the new.
+fn follow(old: Option<Duration>, new: Duration) -> Duration {
+    old.map_or(new, |o| (o * 3 + new) / 4)
+}
+
+/// The next thing the running command does; never, when nothing runs.
+async fn event(running: &mut Option<Running>) -> Happened {
+    let Some(r) = running else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        s = r.child.wait() => Happened::Exited(s),
+        l = r.lines.recv(), if r.lines_open => match l {
+            Some(l) => Happened::Line(l),
+            None => Happened::LinesClosed,
+        },
+    }
+}
+
+/// The call in flight's end; never, when none is.
+async fn called<'a>(call: &mut Option<Call<'a>>) -> (Link<'a>, Called) {
+    match call {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A node at work.
+struct Worker<'a> {
+    node: &'a Node,
+    /// The link, while no call is on it.
+    link: Option<Link<'a>>,
+    call: Option<Call<'a>>,
+    running: Option<Running>,
+    /// Tasks to run after the current one, in order.
+    queue: VecDeque<TaskAssignment>,
+    /// Why the inputs of a queued task could not be fetched.
+    unfetched: HashMap<WireLease, String>,
+    /// Tasks ended and not yet reported.
+    ended: Vec<Ended>,
+    last_call: Instant,
+    /// No call before this (one failed).
+    hold_until: Instant,
+    /// How long a call that is not held takes; a recent average.
+    round_trip: Option<Duration>,
+    /// How long tasks of the step (job, step) last reported run; a recent average. The
+    /// appliance queues tasks of that step only.
+    task_time: Option<((u64, u32), Duration)>,
+    /// Names outputs staged under [`OUTGOING`].
+    staged: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(node: &'a Node) -> Self {
+        let now = Instant::now();
+        Self {
+            node,
+            link: Some(Link {
+                creds: &node.creds,
+                session: None,
+            }),
+            call: None,
+            running: None,
+            queue: VecDeque::new(),
+            unfetched: HashMap::new(),
+            ended: Vec::new(),
+            last_call: now,
+            hold_until: now,
+            round_trip: None,
+            task_time: None,
+            staged: 0,
+        }
+    }
+
+    /// Works until the appliance refuses the node.
+    async fn run(mut self) -> anyhow::Result<()> {
         loop {
-            let ended = self.finish(current, &mut queued).await;
-            // Start the queued task before reporting: the report's round trip overlaps it.
-            let next = match queued.take() {
-                Some(q) => Some(self.start(q).await),
-                None => None,
+            self.start_next();
+            if self.call.is_none() {
+                self.call = self.next_call();
+            }
+            let wake = match Instant::now() < self.hold_until {
+                true => self.hold_until,
+                false => self.last_call + HEARTBEAT,
             };
-            let reply = match ended {
-                Some(mut done) => {
-                    done.running = next.as_ref().map(Current::lease);
-                    done.prefetch = self.prefetch;
-                    self.report(done).await
+            let linked = self.call.is_none();
+            tokio::select! {
+                e = event(&mut self.running) => match e {
+                    Happened::Line(l) => {
+                        if let Some(r) = &mut self.running {
+                            r.out.take(l);
+                        }
+                    }
+                    Happened::LinesClosed => {
+                        if let Some(r) = &mut self.running {
+                            r.lines_open = false;
+                        }
+                    }
+                    Happened::Exited(status) => self.exited(status).await,
+                },
+                (link, c) = called(&mut self.call) => {
+                    self.link = Some(link);
+                    self.call = None;
+                    self.answered(c).await?;
                 }
-                None => None,
-            };
-            current = match (next, reply) {
-                (Some(n), reply) => {
-                    queued = reply.and_then(|r| r.task);
-                    n
-                }
-                (
-                    None,
-                    Some(WorkReply {
-                        task: Some(t),
-                        next,
-                        ..
-                    }),
-                ) => {
-                    queued = next;
-                    self.start(t).await
-                }
-                (None, _) => return,
-            };
-        }
-    }
-
-    /// Empties the working directories (the node goes idle).
-    fn tidy(&self) {
-        for slot in 0..SLOTS {
-            let _ = prepare(&self.node.cache.join("work").join(slot.to_string()));
-        }
-    }
-
-    /// Fetches the task's inputs into a working directory and starts its command.
-    async fn start(&mut self, t: TaskAssignment) -> Current {
-        let l = t.lease;
-        tracing::debug!(job = l.job, step = %t.step, task = l.task, attempt = t.attempt, argv = ?t.argv, "task started");
-        let work = self.node.cache.join("work").join(self.slot.to_string());
-        self.slot = (self.slot + 1) % SLOTS;
-        match self.spawn(&t, &work).await {
-            Ok((child, lines, inputs)) => Current::Running(Box::new(Running {
-                t,
-                child,
-                lines,
-                work,
-                inputs,
-                began: std::time::Instant::now(),
-            })),
-            Err(e) => {
-                let why = format!("{e:#}");
-                Current::Failed(t, why)
+                _ = tokio::time::sleep_until(wake), if linked => {}
             }
         }
     }
 
-    async fn spawn(
-        &mut self,
-        t: &TaskAssignment,
-        work: &Path,
-    ) -> anyhow::Result<(
-        crate::spawn::Child,
-        mpsc::UnboundedReceiver<String>,
-        HashSet<(String, String)>,
-    )> {
-        prepare(work).with_context(|| format!("cannot prepare {}", work.display()))?;
+    /// How many tasks to hold queued behind the running one.
+    fn ahead(&self) -> usize {
+        ahead(self.task_time.map(|t| t.1), self.round_trip)
+    }
+
+    /// Starts the first queued task when nothing runs and its inputs are in the cache;
+    /// a task that cannot start is reported failed.
+    fn start_next(&mut self) {
+        while self.running.is_none() {
+            let Some(front) = self.queue.front() else {
+                return;
+            };
+            let lease = front.lease;
+            if let Some(why) = self.unfetched.remove(&lease) {
+                let t = self.queue.pop_front().expect("a front");
+                self.failed(t.lease, why);
+                continue;
+            }
+            if !front.inputs.iter().all(|f| self.node.cached(f).is_some()) {
+                // A fetch brings them first.
+                return;
+            }
+            let t = self.queue.pop_front().expect("a front");
+            tracing::debug!(job = lease.job, step = %t.step, task = lease.task, attempt = t.attempt, argv = ?t.argv, "task started");
+            match self.spawn(t) {
+                Ok(r) => self.running = Some(r),
+                Err(e) => self.failed(lease, format!("{e:#}")),
+            }
+        }
+    }
+
+    /// Reports a task that could not start (an input missing, the command not found).
+    fn failed(&mut self, lease: WireLease, why: String) {
+        tracing::warn!(job = lease.job, task = lease.task, error = %why, "task failed");
+        self.ended.push(Ended {
+            done: TaskDone {
+                lease,
+                outcome: Err(why),
+                log_tail: Vec::new(),
+            },
+            staged: Vec::new(),
+        });
+    }
+
+    /// The call to make now, if any: reports, an idle node's request for work, a
+    /// heartbeat that is due, else the inputs of a queued task.
+    fn next_call(&mut self) -> Option<Call<'a>> {
+        let now = Instant::now();
+        if now < self.hold_until {
+            return None;
+        }
+        let link = self.link.take()?;
+        let idle = self.running.is_none() && self.queue.is_empty();
+        let beat = self.running.is_some() && now >= self.last_call + HEARTBEAT;
+        if !self.ended.is_empty() || idle || beat {
+            return Some(self.work_call(link, idle));
+        }
+        let fetch = self.queue.iter().find(|t| {
+            !self.unfetched.contains_key(&t.lease)
+                && t.inputs.iter().any(|f| self.node.cached(f).is_none())
+        });
+        if let Some(t) = fetch {
+            let (lease, inputs, node) = (t.lease, t.inputs.clone(), self.node);
+            return Some(Box::pin(async move {
+                let mut link = link;
+                let mut result = Ok(());
+                for f in &inputs {
+                    if let Err(e) = node.fetch(&mut link, f).await {
+                        result = Err(e.context(format!("cannot fetch input {}", f.path)));
+                        break;
+                    }
+                }
+                (link, Called::Fetched { lease, result })
+            }));
+        }
+        self.link = Some(link);
+        None
+    }
+
+    /// A [`NodeWork`] call: the heartbeat, the reports of the tasks that ended (their
+    /// outputs uploaded first), and the tasks asked for.
+    fn work_call(&mut self, link: Link<'a>, idle: bool) -> Call<'a> {
+        if idle {
+            let _ = prepare(&self.node.cache.join(WORK));
+        }
+        let have = self.queue.len() + usize::from(self.running.is_some());
+        let (running, progress, log) = match &mut self.running {
+            Some(r) => (
+                Some(r.t.lease),
+                r.out.progress.clone(),
+                std::mem::take(&mut r.out.fresh),
+            ),
+            None => (None, None, Vec::new()),
+        };
+        let w = NodeWork {
+            caps: self.node.caps.clone(),
+            running,
+            progress,
+            log,
+            queued: self.queue.iter().map(|t| t.lease).collect(),
+            done: Vec::new(),
+            want: (self.ahead() + 1).saturating_sub(have) as u32,
+            wait_ms: if idle { IDLE_WAIT_MS } else { 0 },
+        };
+        let ended = std::mem::take(&mut self.ended);
+        self.last_call = Instant::now();
+        let node = self.node;
+        Box::pin(async move {
+            let mut link = link;
+            let mut w = w;
+            w.done = node.upload_outputs(&mut link, ended).await;
+            let sent = Instant::now();
+            let reply = Box::new(link.request(Request::NodeWork(Box::new(w))).await);
+            (
+                link,
+                Called::Work {
+                    sent,
+                    waited: idle,
+                    reply,
+                },
+            )
+        })
+    }
+
+    /// Takes what the appliance answered.
+    async fn answered(&mut self, c: Called) -> anyhow::Result<()> {
+        match c {
+            Called::Fetched { lease, result } => {
+                if let Err(e) = result {
+                    if self.queue.iter().any(|t| t.lease == lease) {
+                        self.unfetched.insert(lease, format!("{e:#}"));
+                    }
+                }
+            }
+            Called::Work {
+                sent,
+                waited,
+                reply,
+            } => match *reply {
+                Ok(Response::Work(w)) => {
+                    if !waited {
+                        self.round_trip = Some(follow(self.round_trip, sent.elapsed()));
+                    }
+                    self.take(w).await;
+                }
+                Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
+                Err(e) if e.is::<Refused>() => return Err(e),
+                // The link has tried for a while already; whatever the call reported is
+                // lost (its leases expire and the tasks run again elsewhere).
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "a call to the appliance failed");
+                    self.hold_until = Instant::now() + AFTER_FAILURE;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Applies a reply: leases to stop or drop, refused reports, tasks to queue.
+    async fn take(&mut self, w: WorkReply) {
+        for (lease, why) in w.refused {
+            tracing::warn!(job = lease.job, task = lease.task, reason = %why, "the report was refused; the outputs are discarded");
+        }
+        for lease in w.stop {
+            if self.running.as_ref().is_some_and(|r| r.t.lease == lease) {
+                let mut r = self.running.take().expect("running");
+                // The command leads its own process group: stop all of it.
+                r.child.kill();
+                let _ = r.child.wait().await;
+                tracing::info!(
+                    job = lease.job,
+                    task = lease.task,
+                    "task stopped by the appliance"
+                );
+            } else if let Some(i) = self.queue.iter().position(|t| t.lease == lease) {
+                self.queue.remove(i);
+                tracing::info!(
+                    job = lease.job,
+                    task = lease.task,
+                    "a queued task was withdrawn"
+                );
+            }
+        }
+        self.queue.extend(w.tasks);
+    }
+
+    /// Places the task's inputs from the cache in the working directory and starts its
+    /// command.
+    fn spawn(&mut self, t: TaskAssignment) -> anyhow::Result<Running> {
+        let work = self.node.cache.join(WORK);
+        prepare(&work).with_context(|| format!("cannot prepare {}", work.display()))?;
         let mut inputs = HashSet::new();
         for f in &t.inputs {
             if !periphery_protocol::render::valid_job_path(&f.path) {
@@ -375,9 +614,8 @@ impl Worker<'_> {
             }
             let cached = self
                 .node
-                .fetch(&mut self.link, f)
-                .await
-                .with_context(|| format!("cannot fetch input {}", f.path))?;
+                .cached(f)
+                .with_context(|| format!("input {} is not in the cache", f.path))?;
             let dest = work.join(&f.path);
             if let Some(d) = dest.parent() {
                 std::fs::create_dir_all(d)?;
@@ -395,7 +633,7 @@ impl Worker<'_> {
         } else {
             PathBuf::from(program)
         };
-        let mut child = crate::spawn::spawn(&program, &t.argv[1..], work, Out::Pipe, Out::Pipe)
+        let mut child = crate::spawn::spawn(&program, &t.argv[1..], &work, Out::Pipe, Out::Pipe)
             .with_context(|| format!("cannot run {}", program.display()))?;
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         for pipe in [child.stdout.take(), child.stderr.take()]
@@ -413,139 +651,90 @@ impl Worker<'_> {
                 }
             });
         }
-        Ok((child, rx, inputs))
-    }
-
-    /// Waits for the task's command with a heartbeat every second (which may also drop
-    /// `queued`), then uploads its outputs; the report, or `None` when the appliance said
-    /// stop.
-    async fn finish(
-        &mut self,
-        current: Current,
-        queued: &mut Option<TaskAssignment>,
-    ) -> Option<TaskDone> {
-        let lease = current.lease();
-        let (outcome, log_tail) = match current {
-            Current::Failed(_, why) => (Err(why), Vec::new()),
-            Current::Running(mut r) => match self.wait(&mut r, queued).await {
-                Ok(Some(done)) => done,
-                Ok(None) => {
-                    tracing::info!(
-                        job = lease.job,
-                        task = lease.task,
-                        "task stopped by the appliance"
-                    );
-                    return None;
-                }
-                Err(e) => (Err(format!("{e:#}")), Vec::new()),
-            },
-        };
-        match &outcome {
-            Ok(o) => tracing::debug!(
-                job = lease.job,
-                task = lease.task,
-                outputs = o.len(),
-                "task done"
-            ),
-            Err(e) => tracing::warn!(job = lease.job, task = lease.task, error = %e, "task failed"),
-        }
-        Some(TaskDone {
-            lease,
-            outcome,
-            log_tail,
-            running: None,
-            prefetch: false,
+        Ok(Running {
+            t,
+            child,
+            lines: rx,
+            lines_open: true,
+            inputs,
+            began: Instant::now(),
+            out: Output::default(),
         })
     }
 
-    /// The command's outcome and output tail; `None` when the appliance said stop.
-    async fn wait(
-        &mut self,
-        r: &mut Running,
-        queued: &mut Option<TaskAssignment>,
-    ) -> anyhow::Result<Option<(Result<Vec<FileRef>, String>, Vec<String>)>> {
-        let mut out = Output::default();
-        let mut beat = tokio::time::interval(Duration::from_secs(1));
-        beat.tick().await;
-        let mut lines_open = true;
-        let status = loop {
-            tokio::select! {
-                s = r.child.wait() => break s?,
-                l = r.lines.recv(), if lines_open => match l {
-                    Some(l) => out.take(l),
-                    None => lines_open = false,
-                },
-                _ = beat.tick() => {
-                    let hb = NodeWork {
-                        caps: self.node.caps.clone(),
-                        running: Some(r.t.lease),
-                        queued: queued.as_ref().map(|q| q.lease),
-                        progress: out.progress.clone(),
-                        log: std::mem::take(&mut out.fresh),
-                        ..NodeWork::default()
-                    };
-                    match self.link.request(Request::NodeWork(hb)).await {
-                        Ok(Response::Work(w)) if w.stop == Some(r.t.lease) => {
-                            // The command leads its own process group: stop all of it.
-                            r.child.kill();
-                            let _ = r.child.wait().await;
-                            return Ok(None);
-                        }
-                        Ok(Response::Work(w)) if w.stop.is_some() && w.stop == queued.as_ref().map(|q| q.lease) => {
-                            tracing::info!("the queued task was withdrawn");
-                            *queued = None;
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; the task goes on"),
-                    }
-                }
+    /// The running command exited: its outcome, with its outputs staged, waits to be
+    /// reported.
+    async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        let Some(mut r) = self.running.take() else {
+            return;
+        };
+        while let Some(l) = r.lines.recv().await {
+            r.out.take(l);
+        }
+        let took = r.began.elapsed();
+        let lease = r.t.lease;
+        let step = (lease.job, lease.step);
+        let time = match self.task_time {
+            Some((s, old)) if s == step && old < PREFETCH_BELOW && took < PREFETCH_BELOW => {
+                follow(Some(old), took)
+            }
+            _ => took,
+        };
+        self.task_time = Some((step, time));
+        let tail: Vec<String> = r.out.tail.into();
+        let outcome = match status {
+            Err(e) => Err(format!("cannot wait for the command: {e}")),
+            Ok(s) if !s.success() => {
+                let why = r
+                    .out
+                    .error
+                    .or_else(|| tail.iter().rev().find(|l| !l.trim().is_empty()).cloned())
+                    .unwrap_or_default();
+                Err(format!("{s}: {why}"))
+            }
+            Ok(_) => self.stage_outputs(&r.inputs).map_err(|e| format!("{e:#}")),
+        };
+        let staged = match outcome {
+            Ok(staged) => {
+                tracing::debug!(
+                    job = lease.job,
+                    task = lease.task,
+                    outputs = staged.len(),
+                    "task done"
+                );
+                staged
+            }
+            Err(why) => {
+                tracing::warn!(job = lease.job, task = lease.task, error = %why, "task failed");
+                self.ended.push(Ended {
+                    done: TaskDone {
+                        lease,
+                        outcome: Err(why),
+                        log_tail: tail,
+                    },
+                    staged: Vec::new(),
+                });
+                return;
             }
         };
-        self.prefetch = r.began.elapsed() < PREFETCH_BELOW;
-        while let Some(l) = r.lines.recv().await {
-            out.take(l);
-        }
-        let tail: Vec<String> = out.tail.into();
-        if !status.success() {
-            let why = out
-                .error
-                .or_else(|| tail.iter().rev().find(|l| !l.trim().is_empty()).cloned())
-                .unwrap_or_default();
-            return Ok(Some((Err(format!("{status}: {why}")), tail)));
-        }
-        let outputs = self
-            .node
-            .outputs(&mut self.link, &r.work, &r.inputs)
-            .await?;
-        Ok(Some((Ok(outputs), tail)))
+        self.ended.push(Ended {
+            done: TaskDone {
+                lease,
+                outcome: Ok(staged.iter().map(|s| s.1.clone()).collect()),
+                log_tail: tail,
+            },
+            staged,
+        });
     }
 
-    /// Reports a task; the appliance's answer, or `None` when it refused the report (the
-    /// lease had expired: the outputs are discarded) or could not be reached.
-    async fn report(&mut self, done: TaskDone) -> Option<WorkReply> {
-        match self.link.request(Request::NodeTaskDone(done)).await {
-            Ok(Response::Work(w)) => Some(w),
-            Ok(_) => None,
-            Err(e) if e.is::<periphery_protocol::ApiError>() => {
-                tracing::warn!(error = %e, "the report was refused; the outputs are discarded");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "the report is dropped");
-                None
-            }
-        }
-    }
-}
-
-impl Node {
-    /// Files under `work/out` that are not inputs, uploaded where the appliance lacks them.
-    async fn outputs(
-        &self,
-        link: &mut Link<'_>,
-        work: &Path,
+    /// The files under `work/out` that are not inputs, hashed and linked under
+    /// [`OUTGOING`] until their report goes.
+    fn stage_outputs(
+        &mut self,
         inputs: &HashSet<(String, String)>,
-    ) -> anyhow::Result<Vec<FileRef>> {
+    ) -> anyhow::Result<Vec<(PathBuf, FileRef)>> {
+        let work = self.node.cache.join(WORK);
+        let outgoing = self.node.cache.join(OUTGOING);
         let mut files = Vec::new();
         let mut dirs = vec![work.join("out")];
         while let Some(d) = dirs.pop() {
@@ -555,46 +744,104 @@ impl Node {
                     dirs.push(p);
                 } else if p.is_file() {
                     let rel = p
-                        .strip_prefix(work)?
+                        .strip_prefix(&work)?
                         .to_str()
                         .context("an output's name is not UTF-8")?
                         .to_owned();
                     let hash = periphery_client::blobs::hash_file(&p)?;
-                    if !inputs.contains(&(rel.clone(), hash.clone())) {
-                        let size = std::fs::metadata(&p)?.len();
-                        files.push((
-                            p,
-                            FileRef {
-                                path: rel,
-                                hash,
-                                size,
-                            },
-                        ));
+                    if inputs.contains(&(rel.clone(), hash.clone())) {
+                        continue;
                     }
+                    let size = std::fs::metadata(&p)?.len();
+                    std::fs::create_dir_all(&outgoing)?;
+                    self.staged += 1;
+                    let staged = outgoing.join(self.staged.to_string());
+                    if std::fs::hard_link(&p, &staged).is_err() {
+                        std::fs::copy(&p, &staged)?;
+                    }
+                    files.push((
+                        staged,
+                        FileRef {
+                            path: rel,
+                            hash,
+                            size,
+                        },
+                    ));
                 }
             }
         }
         files.sort_by(|a, b| a.1.path.cmp(&b.1.path));
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Response::Missing(missing) = link
-            .request(Request::BlobMissing {
-                hashes: files.iter().map(|f| f.1.hash.clone()).collect(),
-            })
-            .await?
-        else {
-            anyhow::bail!("unexpected answer to a file query");
+        Ok(files)
+    }
+}
+
+impl Node {
+    /// Uploads the staged outputs of `ended` that the appliance lacks and removes them; the
+    /// reports, a task failed when its outputs could not be uploaded.
+    async fn upload_outputs(&self, link: &mut Link<'_>, ended: Vec<Ended>) -> Vec<TaskDone> {
+        let hashes: Vec<String> = ended
+            .iter()
+            .flat_map(|e| e.staged.iter().map(|s| s.1.hash.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let missing = match hashes.is_empty() {
+            true => Ok(HashSet::new()),
+            false => match link.request(Request::BlobMissing { hashes }).await {
+                Ok(Response::Missing(m)) => Ok(m.into_iter().collect::<HashSet<String>>()),
+                Ok(other) => Err(format!("unexpected answer to a file query: {other:?}")),
+                Err(e) => Err(format!(
+                    "cannot ask which outputs the appliance lacks: {e:#}"
+                )),
+            },
         };
-        let missing: HashSet<String> = missing.into_iter().collect();
         let mut sent = HashSet::new();
-        for (p, f) in &files {
-            if missing.contains(&f.hash) && sent.insert(f.hash.clone()) {
-                self.upload(link, p, &f.hash)
-                    .await
-                    .with_context(|| format!("cannot upload {}", f.path))?;
+        let mut reports = Vec::with_capacity(ended.len());
+        for Ended { mut done, staged } in ended {
+            for (p, f) in &staged {
+                let missing = match &missing {
+                    Ok(m) => m,
+                    Err(why) => {
+                        done.outcome = Err(why.clone());
+                        break;
+                    }
+                };
+                if missing.contains(&f.hash) && !sent.contains(&f.hash) {
+                    if let Err(e) = self.upload(link, p, &f.hash).await {
+                        done.outcome = Err(format!("cannot upload {}: {e:#}", f.path));
+                        break;
+                    }
+                    sent.insert(f.hash.clone());
+                }
             }
+            for (p, _) in &staged {
+                let _ = std::fs::remove_file(p);
+            }
+            reports.push(done);
         }
-        Ok(files.into_iter().map(|f| f.1).collect())
+        reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_tasks_queue_enough_to_cover_two_round_trips() {
+        let ms = Duration::from_millis;
+        assert_eq!(ahead(None, Some(ms(2))), 0, "nothing known yet");
+        assert_eq!(ahead(Some(ms(1500)), Some(ms(2))), 0, "long tasks");
+        assert_eq!(ahead(Some(ms(500)), Some(ms(2))), 1);
+        assert_eq!(ahead(Some(ms(2)), Some(ms(2))), 2);
+        assert_eq!(ahead(Some(ms(1)), Some(ms(3))), 6);
+        assert_eq!(ahead(Some(Duration::ZERO), Some(ms(50))), MAX_AHEAD);
+    }
+
+    #[test]
+    fn the_average_follows_the_recent() {
+        let ms = Duration::from_millis;
+        assert_eq!(follow(None, ms(8)), ms(8));
+        assert_eq!(follow(Some(ms(8)), ms(4)), ms(7));
     }
 }

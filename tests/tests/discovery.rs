@@ -93,8 +93,13 @@ fn a_tablet_discovers_the_appliance_on_the_lan_and_pairs_with_it() {
         .lines()
         .find(|l| l.contains(&d.banner.fingerprint))
         .unwrap_or_else(|| panic!("the appliance's fingerprint is not in: {found}"));
+    let versions = format!(
+        "protocol {}-{}",
+        periphery_protocol::MIN_PROTOCOL_VERSION,
+        periphery_protocol::PROTOCOL_VERSION
+    );
     assert!(
-        line.contains("port 4470") && line.contains("protocol 1-1"),
+        line.contains("port 4470") && line.contains(&versions),
         "{line}"
     );
     let addr = line

@@ -137,8 +137,13 @@ async fn a_device_of_alice_cannot_act_as_bob() {
 
     // While her session is open, the admin sees it in status.
     let status = d.ok(&["status"]);
+    let version = format!(
+        "version       0.1.0 (protocol {}-{})",
+        periphery_protocol::MIN_PROTOCOL_VERSION,
+        periphery_protocol::PROTOCOL_VERSION
+    );
     for want in [
-        "version       0.1.0 (protocol 1-1)",
+        version.as_str(),
         &format!("fingerprint   {}", d.banner.fingerprint),
         &format!("listening     {}", d.address()),
         "users (3)",

@@ -39,6 +39,14 @@ fn frame(m: &ClientMessage) -> Vec<u8> {
     encode_frame(m, DEFAULT_MAX_FRAME).unwrap()
 }
 
+/// A hello speaking exactly this build's version.
+fn hello_now() -> ClientMessage {
+    hello(
+        periphery_protocol::PROTOCOL_VERSION,
+        periphery_protocol::PROTOCOL_VERSION,
+    )
+}
+
 fn hello(min: u16, max: u16) -> ClientMessage {
     ClientMessage::Hello(Hello {
         min_version: min,
@@ -68,8 +76,8 @@ async fn bad_input_closes_only_the_offending_connection() {
     truncated.extend_from_slice(&[0u8; 10]);
     let mut garbage_payload = 8u32.to_be_bytes().to_vec();
     garbage_payload.extend_from_slice(&[0xff; 8]);
-    let mut twice = frame(&hello(1, 1));
-    twice.extend_from_slice(&frame(&hello(1, 1)));
+    let mut twice = frame(&hello_now());
+    twice.extend_from_slice(&frame(&hello_now()));
 
     let cases: Vec<(&str, Vec<u8>, bool, CloseCode)> = vec![
         (
@@ -85,6 +93,12 @@ async fn bad_input_closes_only_the_offending_connection() {
             CloseCode::FrameTooLarge,
         ),
         ("truncated frame", truncated, true, CloseCode::Truncated),
+        (
+            "a version-1 peer (its render node messages differ)",
+            frame(&hello(1, 1)),
+            false,
+            CloseCode::UnsupportedVersion,
+        ),
         (
             "unknown protocol version",
             frame(&hello(99, 99)),
@@ -107,7 +121,16 @@ async fn bad_input_closes_only_the_offending_connection() {
             "{what}: closed with {code} ({reason})"
         );
         if want == CloseCode::UnsupportedVersion {
-            assert!(reason.contains("99..=99"), "{reason}");
+            // The reason names both sides' versions.
+            let ours = format!(
+                "{}..={}",
+                periphery_protocol::MIN_PROTOCOL_VERSION,
+                periphery_protocol::PROTOCOL_VERSION
+            );
+            assert!(
+                reason.contains(&ours) && (reason.contains("99..=99") || reason.contains("1..=1")),
+                "{reason}"
+            );
         }
         // The good tablet is unaffected.
         let r = good.request(Request::Whoami).await.unwrap();
@@ -165,7 +188,7 @@ async fn an_unpaired_connection_is_closed_after_its_window_and_paired_ones_stay(
     let mut good = Session::connect(d.banner.addr, cfg).await.unwrap();
 
     // An unpaired peer says hello and then nothing: closed with Timeout after its window.
-    let (code, reason) = close_code_for(&d, &frame(&hello(1, 1)), false).await;
+    let (code, reason) = close_code_for(&d, &frame(&hello_now()), false).await;
     assert_eq!(
         CloseCode::from_u32(code),
         Some(CloseCode::Timeout),

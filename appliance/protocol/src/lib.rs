@@ -31,11 +31,14 @@ pub use messages::*;
 /// The ALPN protocol id of Periphery over QUIC.
 pub const ALPN: &[u8] = b"periphery/1";
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. Version 2: a render node's reports travel
+/// in its [`Request::NodeWork`] calls (there is no `NodeTaskDone`), and it may hold several
+/// queued tasks.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest protocol version this build speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build speaks: version 1 peers are told their version is
+/// not spoken, rather than misread.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// The DNS-SD service type the appliance announces.
 pub const SERVICE_TYPE: &str = "_periphery._udp.local.";
@@ -176,7 +179,7 @@ mod tests {
 
     #[test]
     fn negotiation_picks_newest_common_version() {
-        assert_eq!(negotiate(&h(1, 1)), Ok(1));
+        assert_eq!(negotiate(&h(1, 2)), Ok(2));
         assert_eq!(negotiate(&h(0, 9)), Ok(PROTOCOL_VERSION));
     }
 
@@ -184,6 +187,10 @@ mod tests {
     fn negotiation_refuses_disjoint_or_inverted_ranges() {
         assert!(negotiate(&h(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5)).is_err());
         assert!(negotiate(&h(0, 0)).is_err());
+        assert!(
+            negotiate(&h(1, 1)).is_err(),
+            "version 1 is no longer spoken"
+        );
         assert!(negotiate(&h(1, 0)).is_err());
     }
 

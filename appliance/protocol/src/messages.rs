@@ -515,12 +515,8 @@ pub enum Request {
         /// A certificate signing request for the node's key (DER).
         csr_der: Vec<u8>,
     },
-    /// A node's heartbeat and request for work. Answer: [`Response::Work`].
-    NodeWork(crate::render::NodeWork),
-    /// A node reports a finished task. Answer: [`Response::Work`] with its next task (when
-    /// one fits it; else it asks with [`Request::NodeWork`]), or an error when the node no
-    /// longer holds the lease (its outputs are then discarded).
-    NodeTaskDone(crate::render::TaskDone),
+    /// A node's heartbeat, reports and request for work. Answer: [`Response::Work`].
+    NodeWork(Box<crate::render::NodeWork>),
     /// A job's summary once its state or task counts differ from `seen` (at once without
     /// `seen`), or after `wait_ms` (capped at 10 s) when nothing changed: how `render watch`
     /// follows a job without polling. Answer: [`Response::RenderSummary`].
@@ -630,7 +626,6 @@ impl Request {
             Request::RenderNodeToken => "render-node-token",
             Request::NodeJoin { .. } => "node-join",
             Request::NodeWork(_) => "node-work",
-            Request::NodeTaskDone(_) => "node-task-done",
             Request::RenderWatch { .. } => "render-watch",
         }
     }

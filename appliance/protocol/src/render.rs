@@ -4,10 +4,12 @@
 //! A node joins once with a token ([`Request::NodeJoin`](crate::Request::NodeJoin)) and gets a
 //! certificate; from then on it connects with mTLS and loops on
 //! [`Request::NodeWork`](crate::Request::NodeWork): each call is its heartbeat (its
-//! capabilities, the lease it runs, new log lines) and, when it is idle, asks for a task (the
-//! appliance holds the call up to `wait_ms` until one is there). The answer may tell it to
-//! stop the task it runs (canceled, or its lease expired). A finished task is reported with
-//! [`Request::NodeTaskDone`](crate::Request::NodeTaskDone) after its outputs were uploaded.
+//! capabilities, the leases it holds, new log lines), carries the reports of the tasks that
+//! ended since the last (after their outputs were uploaded), and asks for tasks: when idle,
+//! one to start (the appliance holds the call up to `wait_ms` until one is there); when its
+//! tasks are short, a few to queue, so the next starts the moment one ends and the report
+//! travels while it runs. The answer may tell it to stop or drop a lease (canceled, or
+//! expired).
 //!
 //! Files move by content: a BLAKE3 hash (64 hex digits) names every input and output, the
 //! appliance stores each once ([`Request::BlobPut`](crate::Request::BlobPut), checked against
@@ -200,7 +202,9 @@ pub struct WireLease {
     pub serial: u32,
 }
 
-/// A node's heartbeat and request for work.
+/// A node's heartbeat, its reports and its request for work, all in one: the node sends
+/// one at a time on its control stream, so the appliance sees them in the order they
+/// were sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeWork {
     /// What it offers.
@@ -211,13 +215,18 @@ pub struct NodeWork {
     pub progress: Option<String>,
     /// Its output lines since the last heartbeat (the appliance keeps a tail).
     pub log: Vec<String>,
-    /// When idle: how long the appliance may hold the answer until there is a task, ms.
+    /// The leases it holds besides `running`: the tasks queued to go on to, in order.
+    pub queued: Vec<WireLease>,
+    /// Tasks that ended since its last call (outputs uploaded first), recorded before
+    /// anything else in the call.
+    pub done: Vec<TaskDone>,
+    /// How many tasks it asks for: when idle, the one to start and those to queue behind
+    /// it; when busy, more to queue. Short tasks queue a few, so no round trip to the
+    /// appliance waits between them; the appliance caps how many a node holds.
+    pub want: u32,
+    /// When idle and no task is there: how long the appliance may hold the answer until
+    /// one is, ms.
     pub wait_ms: u32,
-    /// The task it goes on to when `running` ends, if it holds one.
-    pub queued: Option<WireLease>,
-    /// Its tasks are short: it would like the next task before its current one ends
-    /// ([`WorkReply::next`]), so no round trip waits between them.
-    pub prefetch: bool,
 }
 
 /// A task for a node.
@@ -237,17 +246,18 @@ pub struct TaskAssignment {
     pub attempt: u32,
 }
 
-/// The appliance's answer to a heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The appliance's answer to a [`NodeWork`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkReply {
-    /// A task to start when the node was idle, or, in the answer to a report from a node
-    /// that went on to its queued task, the task to queue after that one.
-    pub task: Option<TaskAssignment>,
-    /// A lease the node must stop, or drop if it has not started it (its job was canceled
-    /// or the lease expired).
-    pub stop: Option<WireLease>,
-    /// With `task` to start and `prefetch` asked for: the task to go on to after it.
-    pub next: Option<TaskAssignment>,
+    /// Tasks for the node in the order to run them, after those it holds: an idle node
+    /// starts the first.
+    pub tasks: Vec<TaskAssignment>,
+    /// Leases the node must stop, or drop if it has not started them (their job was
+    /// canceled or the lease expired).
+    pub stop: Vec<WireLease>,
+    /// Reports refused, with why: the node no longer held the lease (it expired, and the
+    /// task went to another node), so their outputs are discarded.
+    pub refused: Vec<(WireLease, String)>,
 }
 
 /// A finished task.
@@ -259,10 +269,6 @@ pub struct TaskDone {
     pub outcome: Result<Vec<FileRef>, String>,
     /// The last lines of its output.
     pub log_tail: Vec<String>,
-    /// The queued task the node went on to (it holds that lease still), if any.
-    pub running: Option<WireLease>,
-    /// As in [`NodeWork::prefetch`].
-    pub prefetch: bool,
 }
 
 /// A render node, as listed.

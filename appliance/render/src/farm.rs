@@ -15,10 +15,10 @@
 //! holds the task's current lease, so a late report from a lost node — or a report for an
 //! earlier attempt — is refused: each task completes at most once.
 //!
-//! Queueing: a busy node may hold one more lease, the task it goes on to as soon as its
-//! current one ends ([`Farm::queue_node`]), so short tasks do not wait for a round trip to
-//! the appliance between them. A task is queued on a busy node only while no idle node could
-//! take it.
+//! Queueing: a busy node may hold more leases, up to [`MAX_HELD`], the tasks it goes on to as
+//! soon as its current one ends ([`Farm::queue_node`]), so short tasks do not wait for a
+//! round trip to the appliance between them. A task is queued on a busy node only while no
+//! idle node could take it.
 //!
 //! Cost: each step keeps its waiting tasks in order and counts of its tasks by state, so
 //! handing out a task, or reporting one, costs the same whatever the queue's length
@@ -38,8 +38,9 @@ pub const BLOCKLIST_AFTER: u32 = 3;
 /// Silence after which a node is lost and its lease expires, unless the farm is made with
 /// another ([`Farm::with_node_timeout`]).
 pub const NODE_TIMEOUT: Millis = 30_000;
-/// Leases a node holds at most: the task it runs and the one it goes on to.
-pub const MAX_HELD: usize = 2;
+/// Leases a node holds at most: the task it runs and those queued behind it (as many as
+/// cover a report's round trip when tasks take about a millisecond).
+pub const MAX_HELD: usize = 9;
 /// The default job priority (0-100).
 pub const DEFAULT_PRIORITY: u8 = 50;
 
@@ -223,6 +224,8 @@ struct Node {
     last_seen: Millis,
     /// The tasks it holds leases of, the one it runs first.
     held: Vec<TaskRef>,
+    /// The job and step of the last task it reported: the tasks it may queue more of.
+    last_step: Option<(JobId, usize)>,
 }
 
 impl Node {
@@ -231,6 +234,7 @@ impl Node {
             tags: BTreeSet::new(),
             last_seen: now,
             held: Vec::new(),
+            last_step: None,
         }
     }
 }
@@ -562,16 +566,16 @@ impl Farm {
     }
 
     /// A node's heartbeat: it is alive, with `tags`, holding the leases `held` (the task it
-    /// runs and the one it goes on to; none when idle). A task the farm had leased to it
-    /// that it no longer holds (it restarted) waits again. Returns a lease the node should
-    /// drop or stop: one it holds that is no longer current (expired, canceled, or unknown).
+    /// runs and those queued behind it; none when idle). A task the farm had leased to it
+    /// that it no longer holds (it restarted) waits again. Returns the leases the node should
+    /// drop or stop: those it holds that are no longer current (expired, canceled, unknown).
     pub fn node_seen(
         &mut self,
         now: Millis,
         id: &str,
         tags: BTreeSet<String>,
         held: &[Lease],
-    ) -> Option<Lease> {
+    ) -> Vec<Lease> {
         let n = self
             .nodes
             .entry(id.to_owned())
@@ -588,9 +592,12 @@ impl Farm {
             // The node lost the task (it restarted): the task did not fail.
             self.release(id, t);
         }
-        held.iter().copied().find(|l| {
-            !self.holds(id, *l) || self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled)
-        })
+        held.iter()
+            .copied()
+            .filter(|l| {
+                !self.holds(id, *l) || self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled)
+            })
+            .collect()
     }
 
     /// Puts a node's task back to waiting without counting a failure.
@@ -705,23 +712,36 @@ impl Farm {
         self.assign_in_order(now, id, &order)
     }
 
-    /// A task for busy node `id` to go on to when its current one ends: only when it runs
-    /// exactly one, and only of a job no idle node could run.
+    /// A task for busy node `id` to go on to after those it holds: only while it holds
+    /// fewer than [`MAX_HELD`], only of the step of the last task it reported (a node asks
+    /// for queued tasks knowing how long that step's tasks run), and only while no idle
+    /// node could run that job.
     pub fn queue_node(&mut self, now: Millis, id: &str) -> Option<Assignment> {
-        if self.nodes.get(id)?.held.len() != MAX_HELD - 1 {
+        let node = self.nodes.get(id)?;
+        let (job_id, step) = node.last_step?;
+        if node.held.is_empty() || node.held.len() >= MAX_HELD {
             return None;
         }
-        let order: Vec<JobId> =
-            self.runnable_jobs()
-                .into_iter()
-                .filter(|j| {
-                    let job = &self.jobs[j];
-                    !self.nodes.iter().any(|(other, n)| {
-                        other != id && n.held.is_empty() && job.may_run_on(other, n)
-                    })
-                })
-                .collect();
-        self.assign_in_order(now, id, &order)
+        let job = self.jobs.get(&job_id)?;
+        // A job served before this one waits for the node to be free.
+        let first = self
+            .runnable
+            .iter()
+            .map(|k| k.2)
+            .find(|j| self.jobs[j].may_run_on(id, node));
+        if first != Some(job_id) {
+            return None;
+        }
+        self.examined += 1;
+        let others_idle = self
+            .nodes
+            .iter()
+            .any(|(other, n)| other != id && n.held.is_empty() && job.may_run_on(other, n));
+        if others_idle || !job.may_run_on(id, node) {
+            return None;
+        }
+        let t = self.ready_task(job_id, id).filter(|t| t.step == step)?;
+        self.lease_to(now, id, t)
     }
 
     fn assign_in_order(
@@ -739,7 +759,11 @@ impl Farm {
                 break;
             }
         }
-        let t = pick?;
+        self.lease_to(now, node_id, pick?)
+    }
+
+    /// Leases task `t` to node `node_id`.
+    fn lease_to(&mut self, now: Millis, node_id: &str, t: TaskRef) -> Option<Assignment> {
         self.set_task(
             t,
             TaskState::Running {
@@ -785,6 +809,7 @@ impl Farm {
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.held.retain(|h| *h != t);
             n.last_seen = now;
+            n.last_step = Some((t.job, t.step));
         }
         let others = self.nodes_left(t.job, node_id);
         let job = self.jobs.get_mut(&t.job).ok_or(FarmError::NoJob(t.job))?;
@@ -1110,9 +1135,9 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_node_queues_one_task_only_while_no_idle_node_could_take_it() {
+    fn a_busy_node_queues_tasks_only_while_no_idle_node_could_take_them() {
         let mut f = Farm::new();
-        let j = f.submit(0, job("a", 50, &["linux"], 5)).unwrap();
+        let j = f.submit(0, job("a", 50, &["linux"], 30)).unwrap();
         let linux = || tags(&["linux"]);
         f.node_seen(0, "n1", linux(), &[]);
         f.node_seen(0, "n2", linux(), &[]);
@@ -1123,50 +1148,104 @@ mod tests {
             "n1 runs nothing: nothing to queue behind"
         );
         let a = f.assign_node(1, "n1").unwrap();
+        assert!(
+            f.queue_node(1, "n1").is_none(),
+            "n1 has not reported a task of the step: it does not know how long they run"
+        );
+        f.finished(1, "n1", a.lease, Ok(())).unwrap();
+        let a = f.assign_node(1, "n1").unwrap();
         assert!(f.queue_node(1, "n1").is_none(), "n2 is idle and takes it");
         let b = f.assign_node(1, "n2").unwrap();
-        let c = f.queue_node(2, "n1").unwrap();
-        assert!(f.queue_node(2, "n1").is_none(), "one queued at most");
+        let queued: Vec<Assignment> = (0..).map_while(|_| f.queue_node(2, "n1")).collect();
+        assert_eq!(queued.len(), MAX_HELD - 1, "queued up to the cap");
         assert!(f.assign_node(2, "n1").is_none(), "busy");
-        assert!(f.holds("n1", a.lease) && f.holds("n1", c.lease));
-        assert_eq!(f.progress(j).unwrap().running, 3);
+        assert!(f.holds("n1", a.lease) && queued.iter().all(|q| f.holds("n1", q.lease)));
+        assert_eq!(f.progress(j).unwrap().running, MAX_HELD + 1);
+        f.finished(2, "n2", b.lease, Ok(())).unwrap();
+        let b = f.assign_node(2, "n2").unwrap();
         let d = f.queue_node(2, "n2").unwrap();
 
-        // n1 ends its task and goes on to the queued one; it may queue another.
+        // n1 ends its task and goes on to the first queued one; it may queue another.
         f.finished(3, "n1", a.lease, Ok(())).unwrap();
-        let e = f.queue_node(3, "n1").unwrap();
+        let c = queued[0].clone();
         assert_eq!(
             f.nodes().find(|n| n.0 == "n1").unwrap().1,
-            Some(c.lease.task)
+            Some(c.lease.task),
+            "the node's current task is the oldest it holds"
         );
+        let e = f.queue_node(3, "n1").unwrap();
+        assert!(f.queue_node(3, "n1").is_none());
+
+        // A job of higher priority waits for a free node rather than queue behind.
+        let urgent = f.submit(3, job("urgent", 90, &["linux"], 1)).unwrap();
+        f.finished(3, "n1", c.lease, Ok(())).unwrap();
+        assert!(
+            f.queue_node(3, "n1").is_none(),
+            "the urgent job comes first"
+        );
+        f.pause(urgent).unwrap();
+        let c = f.queue_node(3, "n1").unwrap();
 
         // n2 restarts holding nothing: both its tasks wait again, not as failures.
-        f.node_seen(4, "n2", linux(), &[]);
+        assert!(f.node_seen(4, "n2", linux(), &[]).is_empty());
         for l in [b.lease, d.lease] {
             assert!(!f.holds("n2", l));
             assert_eq!(f.task(l.task).unwrap().state, TaskState::Waiting);
             assert_eq!(f.task(l.task).unwrap().failures, 0);
         }
-        // A node that dropped its queued task keeps the one it runs.
-        assert_eq!(f.node_seen(5, "n1", linux(), &[c.lease]), None);
-        assert!(f.holds("n1", c.lease));
-        assert_eq!(f.task(e.lease.task).unwrap().state, TaskState::Waiting);
+        // A node that dropped its queued tasks keeps the one it runs.
+        let first = queued[1].lease;
+        assert!(f.node_seen(5, "n1", linux(), &[first]).is_empty());
+        assert!(f.holds("n1", first));
+        for l in queued[2..]
+            .iter()
+            .map(|q| q.lease)
+            .chain([e.lease, c.lease])
+        {
+            assert_eq!(f.task(l.task).unwrap().state, TaskState::Waiting);
+        }
 
-        // Cancel: the running and the queued task are both named to stop; a heartbeat
-        // holding a canceled lease is told to drop it.
+        // Cancel: the running and the queued tasks are all named to stop; a heartbeat
+        // holding canceled leases is told to drop each.
         assert!(f.queue_node(6, "n1").is_none(), "n2 is idle again");
         f.assign_node(6, "n2").unwrap();
         let q = f.queue_node(6, "n1").unwrap();
         let stop = f.cancel(j).unwrap();
-        assert!(stop.iter().any(|x| x.lease == c.lease) && stop.iter().any(|x| x.lease == q.lease));
+        assert!(stop.iter().any(|x| x.lease == first) && stop.iter().any(|x| x.lease == q.lease));
         assert_eq!(
-            f.node_seen(7, "n1", linux(), &[c.lease, q.lease]),
-            Some(c.lease)
+            f.node_seen(7, "n1", linux(), &[first, q.lease]),
+            vec![first, q.lease]
         );
         f.node_gone("n1");
-        for l in [c.lease, q.lease] {
+        for l in [first, q.lease] {
             assert_eq!(f.task(l.task).unwrap().state, TaskState::Canceled);
         }
+    }
+
+    #[test]
+    fn only_tasks_of_the_step_a_node_last_reported_are_queued_on_it() {
+        let mut f = Farm::new();
+        let j = f.submit(0, job("a", 50, &[], 2)).unwrap();
+        seen(&mut f, 0, "n1");
+        for now in 1..=2 {
+            let a = f.assign_node(now, "n1").unwrap();
+            assert!(now == 1 || f.queue_node(now, "n1").is_none(), "one left");
+            f.finished(now, "n1", a.lease, Ok(())).unwrap();
+        }
+        // The render step is done: the assembly starts, and nothing of it is queued on
+        // the strength of how long frames took.
+        let assemble = f.assign_node(3, "n1").unwrap();
+        assert_eq!(assemble.lease.task.step, 1);
+        let other = f.submit(3, job("b", 50, &[], 3)).unwrap();
+        assert!(f.queue_node(3, "n1").is_none());
+        f.finished(4, "n1", assemble.lease, Ok(())).unwrap();
+        assert_eq!(f.state(j).unwrap(), JobState::Done);
+        let b = f.assign_node(5, "n1").unwrap();
+        assert_eq!(b.lease.task.job, other);
+        assert!(
+            f.queue_node(5, "n1").is_none(),
+            "a new job: not before one is reported"
+        );
     }
 
     #[test]
@@ -1325,7 +1404,7 @@ mod tests {
         // ... and when it comes back still running it, it is told to stop.
         assert_eq!(
             f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), &[a[0].lease]),
-            Some(a[0].lease)
+            vec![a[0].lease]
         );
         seen(&mut f, NODE_TIMEOUT + 2, "n2");
         let b = f.assign(NODE_TIMEOUT + 3);
@@ -1341,7 +1420,7 @@ mod tests {
         let first = f.assign(1)[0].lease;
         // The node restarts and says it runs nothing: the task waits again, and goes back
         // to the same node as a new attempt.
-        assert_eq!(f.node_seen(2, "n1", tags(&[]), &[]), None);
+        assert!(f.node_seen(2, "n1", tags(&[]), &[]).is_empty());
         let second = f.assign(3)[0].lease;
         assert_eq!(second.task, first.task);
         assert!(matches!(
@@ -1374,7 +1453,7 @@ mod tests {
         // The node's next heartbeat is told to stop it.
         assert_eq!(
             f.node_seen(5, "n1", tags(&[]), &[a[0].lease]),
-            Some(a[0].lease)
+            vec![a[0].lease]
         );
         f.finished(5, "n1", a[0].lease, Err("killed".into()))
             .unwrap();
@@ -1449,7 +1528,7 @@ mod tests {
         );
         assert_eq!(g.progress(j).unwrap(), f.progress(j).unwrap());
         assert_eq!(g.state(j).unwrap(), JobState::Paused);
-        assert_eq!(g.node_seen(101, "n2", tags(&[]), &[a[1].lease]), None);
+        assert!(g.node_seen(101, "n2", tags(&[]), &[a[1].lease]).is_empty());
         g.finished(102, "n2", a[1].lease, Ok(())).unwrap();
         assert_eq!(g.progress(j).unwrap().done, 2);
         g.resume(j).unwrap();

@@ -234,7 +234,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
                 _ => paired(),
             }
         }
-        Request::NodeWork(_) | Request::NodeTaskDone(_) => node(),
+        Request::NodeWork(_) => node(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. }
@@ -633,8 +633,7 @@ impl Appliance {
             | Request::RenderNodes
             | Request::RenderNodeToken
             | Request::NodeJoin { .. }
-            | Request::NodeWork(_)
-            | Request::NodeTaskDone(_)) => self.render_request(conv, actor, req).await,
+            | Request::NodeWork(_)) => self.render_request(conv, actor, req).await,
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))

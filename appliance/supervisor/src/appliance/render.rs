@@ -10,7 +10,7 @@
 
 use super::*;
 
-use periphery_protocol::render::{JobSubmission, NodeInfo, WorkReply};
+use periphery_protocol::render::{JobSubmission, NodeInfo};
 
 use super::pairing::Enrolee;
 
@@ -181,21 +181,7 @@ impl Appliance {
                 let Caller::Node { id, .. } = &conv.caller else {
                     unreachable!("authorized for nodes only")
                 };
-                Ok(Response::Work(self.render.node_work(id.clone(), w).await?))
-            }
-            Request::NodeTaskDone(done) => {
-                let Caller::Node { id, .. } = &conv.caller else {
-                    unreachable!("authorized for nodes only")
-                };
-                let id = id.clone();
-                let (task, next) = self
-                    .render_blocking(move |r| r.task_done(&id, done))
-                    .await?;
-                Ok(Response::Work(WorkReply {
-                    task,
-                    stop: None,
-                    next,
-                }))
+                Ok(Response::Work(self.render.node_work(id.clone(), *w).await?))
             }
             _ => unreachable!("render_request got a request it does not handle"),
         }

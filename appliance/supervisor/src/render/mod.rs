@@ -2,9 +2,10 @@
 //! clock, its decisions written to the store before anyone hears of them, files by content
 //! in [`blobs::Blobs`], and finished outputs placed in each job's output directory.
 //!
-//! Nodes pull: [`RenderFarm::node_work`] is a node's heartbeat and, when it is idle, holds the
-//! call until a task fits it (or `wait_ms` pass). Anything that can free work (a submit, a
-//! resume or retry, a finished task, a lost node) wakes the waiting nodes.
+//! Nodes pull: [`RenderFarm::node_work`] is a node's heartbeat, carries its reports, and
+//! hands it tasks; when the node is idle and none fits, it holds the call until one does (or
+//! `wait_ms` pass). Anything that can free work (a submit, a resume or retry, a finished
+//! task, a lost node) wakes the waiting nodes.
 //!
 //! Time is Unix milliseconds, so stored leases and submission times mean the same after a
 //! restart; [`RenderFarm::open`] rebuilds the farm from the store, and tasks that were running
@@ -422,14 +423,30 @@ impl RenderFarm {
         }
     }
 
-    /// One heartbeat of node `id` without waiting: the stop order or the task for it.
+    /// One call of node `id` without waiting, in one transaction (one durable commit for
+    /// however many reports it carries): its reports recorded, its heartbeat, and as many
+    /// tasks as it asks for and may have.
     fn try_work(&self, id: &str, w: &NodeWork) -> Result<WorkReply, ApiError> {
         self.with(|inner| {
             let now = now_ms();
+            let mut reply = WorkReply::default();
+            for d in &w.done {
+                if let Err(why) = self.record_done(inner, now, id, d) {
+                    reply.refused.push((d.lease, why));
+                }
+            }
             let running = w.running.map(unwire);
-            let held: Vec<Lease> = running.into_iter().chain(w.queued.map(unwire)).collect();
+            let held: Vec<Lease> = running
+                .into_iter()
+                .chain(w.queued.iter().copied().map(unwire))
+                .collect();
             let tags = w.caps.tags.iter().cloned().collect();
-            let stop = inner.farm.node_seen(now, id, tags, &held);
+            reply.stop = inner
+                .farm
+                .node_seen(now, id, tags, &held)
+                .into_iter()
+                .map(wire)
+                .collect();
             inner.nodes.insert(id.to_owned(), w.caps.clone());
             if let Some(l) = running.filter(|l| inner.farm.holds(id, *l)) {
                 match &w.progress {
@@ -449,45 +466,51 @@ impl RenderFarm {
                     }
                 }
             }
-            if stop.is_some() || running.is_some() {
-                return Ok(WorkReply {
-                    task: None,
-                    stop: stop.map(wire),
-                    next: None,
-                });
+            // An idle node gets a task to start; a busy one (or one that just got a task)
+            // tasks to queue, while no idle node could take them.
+            let mut busy = !held.is_empty();
+            while reply.tasks.len() < w.want as usize {
+                match inner.assign_to(now, id, busy)? {
+                    Some(t) => reply.tasks.push(t),
+                    None => break,
+                }
+                busy = true;
             }
-            let task = inner.assign_to(now, id, false)?;
-            let next = match task.is_some() && w.prefetch {
-                true => inner.assign_to(now, id, true)?,
-                false => None,
-            };
-            Ok(WorkReply {
-                task,
-                stop: None,
-                next,
-            })
+            Ok(reply)
         })
     }
 
-    /// A node's heartbeat and, when it is idle, its request for work, held up to `wait_ms`
-    /// until a task fits it.
+    /// A node's heartbeat, reports and request for work. An idle node that gets no task
+    /// waits up to `wait_ms` until one fits it.
     pub async fn node_work(
         self: &Arc<Self>,
         id: String,
-        w: NodeWork,
+        mut w: NodeWork,
     ) -> Result<WorkReply, ApiError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(w.wait_ms.into()).min(MAX_WAIT);
+        let idle = w.running.is_none() && w.queued.is_empty();
         loop {
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let me = self.clone();
-            let (i, work) = (id.clone(), w.clone());
-            let reply = tokio::task::spawn_blocking(move || me.try_work(&i, &work))
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
-            if reply.task.is_some() || reply.stop.is_some() || w.running.is_some() {
+            let (me, i) = (self.clone(), id.clone());
+            let (back, reply) = tokio::task::spawn_blocking(move || {
+                let r = me.try_work(&i, &w);
+                (w, r)
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            let reply = reply?;
+            w = back;
+            if !w.done.is_empty() {
+                // Finished tasks may free others (the steps that wait for them).
+                self.work.notify_waiters();
+                w.done.clear();
+            }
+            w.log.clear();
+            let nothing = reply == WorkReply::default();
+            if !(idle && nothing && w.want > 0) {
                 return Ok(reply);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -496,59 +519,61 @@ impl RenderFarm {
         }
     }
 
-    /// A node reports a finished task (its outputs stored already) and gets its next task,
-    /// if one fits, in the same transaction: one durable commit per task. A node that went
-    /// on to its queued task gets the task to queue after it (when it asks to prefetch); an
-    /// idle one the task to start, and with `prefetch` the one to go on to.
-    pub fn task_done(
+    /// Records a task a node reports ended (its outputs stored already); why not, when the
+    /// node no longer holds its lease (it expired: the outputs are discarded).
+    fn record_done(
         &self,
+        inner: &mut Inner,
+        now: Millis,
         id: &str,
-        done: TaskDone,
-    ) -> Result<(Option<TaskAssignment>, Option<TaskAssignment>), ApiError> {
+        done: &TaskDone,
+    ) -> Result<(), String> {
         let lease = unwire(done.lease);
         let t = lease.task;
-        let out = self.with(|inner| {
-            let now = now_ms();
-            if !inner.farm.holds(id, lease) {
-                tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, "late report refused; its outputs are discarded");
-                return Err(farm_err(FarmError::NotHeld(lease, id.to_owned())));
-            }
-            let outcome = match &done.outcome {
-                Ok(outputs) => self.place_outputs(t.job, outputs).map(|()| outputs.clone()),
-                Err(e) => Err(e.clone()),
-            };
-            if let Some(x) = inner
-                .jobs
-                .get_mut(&t.job)
-                .and_then(|j| j.tasks.get_mut(t.step)?.get_mut(t.task))
-            {
-                x.log_tail = done
-                    .log_tail
-                    .iter()
-                    .rev()
-                    .take(LOG_TAIL)
-                    .rev()
-                    .map(|l| l.chars().take(500).collect())
-                    .collect();
-                match &outcome {
-                    Ok(outputs) => {
-                        x.outputs = outputs.clone();
-                        x.error = None;
-                    }
-                    Err(e) => x.error = Some(e.clone()),
-                }
-            }
-            inner.progress.remove(&t);
-            inner.dirty.insert(t);
+        if !inner.farm.holds(id, lease) {
+            tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, "late report refused; its outputs are discarded");
+            return Err(FarmError::NotHeld(lease, id.to_owned()).to_string());
+        }
+        let outcome = match &done.outcome {
+            Ok(outputs) => self.place_outputs(t.job, outputs).map(|()| outputs.clone()),
+            Err(e) => Err(e.clone()),
+        };
+        if let Some(x) = inner
+            .jobs
+            .get_mut(&t.job)
+            .and_then(|j| j.tasks.get_mut(t.step)?.get_mut(t.task))
+        {
+            x.log_tail = done
+                .log_tail
+                .iter()
+                .rev()
+                .take(LOG_TAIL)
+                .rev()
+                .map(|l| l.chars().take(500).collect())
+                .collect();
             match &outcome {
-                Ok(_) => tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, "task done"),
-                Err(e) => tracing::warn!(job = t.job, step = t.step, task = t.task, node = %id, error = %e, "task failed"),
+                Ok(outputs) => {
+                    x.outputs = outputs.clone();
+                    x.error = None;
+                }
+                Err(e) => x.error = Some(e.clone()),
             }
-            inner
-                .farm
-                .finished(now, id, lease, outcome.map(|_| ()))
-                .map_err(farm_err)?;
-            let state = inner.farm.state(t.job).map_err(farm_err)?;
+        }
+        inner.progress.remove(&t);
+        inner.dirty.insert(t);
+        match &outcome {
+            Ok(_) => {
+                tracing::debug!(job = t.job, step = t.step, task = t.task, node = %id, "task done")
+            }
+            Err(e) => {
+                tracing::warn!(job = t.job, step = t.step, task = t.task, node = %id, error = %e, "task failed")
+            }
+        }
+        inner
+            .farm
+            .finished(now, id, lease, outcome.map(|_| ()))
+            .map_err(|e| e.to_string())?;
+        if let Ok(state) = inner.farm.state(t.job) {
             if state.is_final() {
                 let name = inner.farm.name(t.job).unwrap_or("").to_owned();
                 tracing::info!(job = t.job, state = state.as_str(), "render job ended");
@@ -558,22 +583,8 @@ impl RenderFarm {
                     format!("job {} '{name}' {}", t.job, state.as_str()),
                 ));
             }
-            if done.running.is_some() {
-                let queued = match done.prefetch {
-                    true => inner.assign_to(now, id, true)?,
-                    false => None,
-                };
-                return Ok((queued, None));
-            }
-            let task = inner.assign_to(now, id, false)?;
-            let next = match task.is_some() && done.prefetch {
-                true => inner.assign_to(now, id, true)?,
-                false => None,
-            };
-            Ok((task, next))
-        });
-        self.work.notify_waiters();
-        out
+        }
+        Ok(())
     }
 
     /// Checks that every output was uploaded and places it in the job's output directory.
@@ -637,7 +648,71 @@ mod tests {
     }
 
     fn idle() -> NodeWork {
-        NodeWork::default()
+        NodeWork {
+            want: 1,
+            ..NodeWork::default()
+        }
+    }
+
+    /// A node's report of `lease`, done, asking for the next task.
+    fn report(lease: WireLease) -> NodeWork {
+        NodeWork {
+            done: vec![TaskDone {
+                lease,
+                outcome: Ok(vec![]),
+                log_tail: vec![],
+            }],
+            ..idle()
+        }
+    }
+
+    #[test]
+    fn reports_go_together_and_a_refused_one_does_not_refuse_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = farm(dir.path());
+        let id = submit(&f, "1-6").id;
+        let first = f.try_work("n-1", &idle()).unwrap().tasks.remove(0);
+        // Reported, the step's tasks are known short: the idle node asks for one to start
+        // and three to queue.
+        let got = f
+            .try_work(
+                "n-1",
+                &NodeWork {
+                    want: 4,
+                    ..report(first.lease)
+                },
+            )
+            .unwrap()
+            .tasks;
+        assert_eq!(got.len(), 4);
+        // Two end while the node's last call is out; they go together in the next, with a
+        // repeated report of the first.
+        let done = |t: &TaskAssignment| TaskDone {
+            lease: t.lease,
+            outcome: Ok(vec![]),
+            log_tail: vec!["ok".into()],
+        };
+        let reply = f
+            .try_work(
+                "n-1",
+                &NodeWork {
+                    running: Some(got[2].lease),
+                    queued: vec![got[3].lease],
+                    done: vec![done(&first), done(&got[0]), done(&got[1])],
+                    ..NodeWork::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(reply.refused.len(), 1, "{reply:?}");
+        assert_eq!(reply.refused[0].0, first.lease);
+        assert!(reply.stop.is_empty() && reply.tasks.is_empty());
+        let shown = f.show(id).unwrap();
+        assert_eq!(shown.summary.counts.done, 3);
+        assert_eq!(shown.summary.counts.running, 2);
+        // A restart of the farm finds the same.
+        drop(f);
+        let g = farm(dir.path());
+        assert_eq!(g.show(id).unwrap().summary.counts.done, 3);
     }
 
     #[tokio::test]
@@ -665,7 +740,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let t = std::time::Instant::now();
-        let task = f.try_work("n-1", &idle()).unwrap().task.unwrap();
+        let task = f.try_work("n-1", &idle()).unwrap().tasks.remove(0);
         let running = watcher.await.unwrap().unwrap();
         assert_eq!(running.counts.running, 1);
         assert!(t.elapsed() >= short && t.elapsed() < MAX_WAIT);
@@ -677,15 +752,15 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let t = std::time::Instant::now();
-        let done = |lease| TaskDone {
-            lease,
-            outcome: Ok(vec![]),
-            log_tail: vec![],
-            running: None,
-            prefetch: false,
-        };
-        let next = f.task_done("n-1", done(task.lease)).unwrap().0.unwrap();
-        assert_eq!(f.task_done("n-1", done(next.lease)).unwrap(), (None, None));
+        let next = f
+            .try_work("n-1", &report(task.lease))
+            .unwrap()
+            .tasks
+            .remove(0);
+        assert_eq!(
+            f.try_work("n-1", &report(next.lease)).unwrap(),
+            WorkReply::default()
+        );
         let end = watcher.await.unwrap().unwrap();
         assert_eq!(end.state, "done");
         assert_eq!(end.counts.done, 2);
