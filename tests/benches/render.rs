@@ -1,10 +1,14 @@
 //! Render farm benchmark (`make bench-render`). Figures, not pass/fail; each is printed next
 //! to a baseline measured in the same run:
 //!
-//! 1. throughput: the same CPU-bound commands through the farm (a daemon and N local nodes)
-//!    and through `xargs -P N` directly — ratio of the times (goal >= 0.95);
+//! 1. throughput: the same CPU-bound commands (about a quarter of a second each) through the
+//!    farm (a daemon and N local nodes) and through `xargs -P N` directly — ratio of the
+//!    times (goal >= 0.95);
 //! 2. scheduling overhead: 10,000 no-op tasks through the farm against `xargs -P N` running
-//!    the same `sh -c true` 10,000 times — the extra time per task (goal <= 2 ms);
+//!    the same `sh -c true` 10,000 times — the extra time per task (goal <= 2 ms).
+//!
+//! Both run [`ROUNDS`] times, farm and baseline in turn; the figure is the median of the
+//! rounds' comparisons.
 //! 3. the scheduler alone (the sans-IO farm, in process) over 10,000 tasks, per task.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -61,6 +65,38 @@ fn submit_and_wait(d: &Daemon, args: &[&str]) -> Duration {
         String::from_utf8_lossy(&watched.stdout)
     );
     t.elapsed()
+}
+
+/// Rounds of each measurement: the machine's speed drifts by tens of percent over a minute
+/// (a shared VM), so the farm and its baseline run in turn, each round's pair is compared,
+/// and the median of the rounds is the figure.
+const ROUNDS: usize = 5;
+
+/// Runs `a` and `b` in turn, [`ROUNDS`] times each; their times in seconds.
+fn in_turn(
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        x.push(a().as_secs_f64());
+        y.push(b().as_secs_f64());
+    }
+    (x, y)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `v` with `digits` decimals, separated by spaces.
+fn list(v: &[f64], digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn scheduler_alone(tasks: usize) -> (Duration, Duration) {
@@ -133,32 +169,47 @@ fn main() {
     };
     d.wait_render_nodes(NODES);
 
-    let busy = "i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done";
+    // CPU-bound tasks of about a quarter of a second each, whatever the machine's speed:
+    // long enough that the ratio measures the farm, not the start of a job.
+    let busy = |loops: u64| format!("i=0; while [ $i -lt {loops} ]; do i=$((i+1)); done");
+    let probe = 40_000;
+    let t = Instant::now();
+    assert!(Command::new("sh")
+        .args(["-c", &busy(probe)])
+        .status()
+        .unwrap()
+        .success());
+    let loops = (probe as f64 * 0.25 / t.elapsed().as_secs_f64()) as u64;
+    let busy = busy(loops);
     let n = 40;
-    let base = xargs(busy, n);
     let before = cpu();
-    let through = farm(&d, busy, n);
+    let (through, base) = in_turn(|| farm(&d, &busy, n), || xargs(&busy, n));
+    let ratio: Vec<f64> = base.iter().zip(&through).map(|(b, f)| b / f).collect();
     println!(
-        "throughput: {n} CPU-bound tasks on {NODES} nodes: farm {:.2} s, xargs -P {NODES} {:.2} s; ratio {:.2} (goal >= 0.95)",
-        through.as_secs_f64(),
-        base.as_secs_f64(),
-        base.as_secs_f64() / through.as_secs_f64()
+        "throughput: {n} CPU-bound tasks on {NODES} nodes, {ROUNDS} rounds in turn: farm {} s, xargs -P {NODES} {} s; ratio {:.2} (median; rounds {}; goal >= 0.95)",
+        list(&through, 2),
+        list(&base, 2),
+        median(&ratio),
+        list(&ratio, 2)
     );
-    breakdown(before, n);
+    breakdown(before, n * ROUNDS);
 
     let n = 10_000;
-    let base = xargs("true", n);
     let before = cpu();
-    let through = farm(&d, "true", n);
-    let extra = (through.as_secs_f64() - base.as_secs_f64()) * NODES as f64 / n as f64;
+    let (through, base) = in_turn(|| farm(&d, "true", n), || xargs("true", n));
+    let extra: Vec<f64> = base
+        .iter()
+        .zip(&through)
+        .map(|(b, f)| (f - b) * NODES as f64 / n as f64 * 1000.0)
+        .collect();
     println!(
-        "overhead: {n} no-op tasks on {NODES} nodes: farm {:.2} s, xargs -P {NODES} {:.2} s; ratio {:.2}; extra per task per node {:.2} ms (goal <= 2 ms)",
-        through.as_secs_f64(),
-        base.as_secs_f64(),
-        base.as_secs_f64() / through.as_secs_f64(),
-        extra * 1000.0
+        "overhead: {n} no-op tasks on {NODES} nodes, {ROUNDS} rounds in turn: farm {} s, xargs -P {NODES} {} s; extra per task per node {:.2} ms (median; rounds {}; goal <= 2 ms)",
+        list(&through, 2),
+        list(&base, 2),
+        median(&extra),
+        list(&extra, 2)
     );
-    breakdown(before, n);
+    breakdown(before, n * ROUNDS);
 
     // Blender: what starting Blender and loading the scene costs per task, against one
     // Blender process rendering all 10 frames of the test scene.
