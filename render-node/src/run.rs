@@ -14,7 +14,7 @@
 //! running, and finished work is reported once the appliance is back; if the lease
 //! expired meanwhile, the report is refused and the outputs are discarded by the appliance.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -31,7 +31,7 @@ use periphery_protocol::render::{
     valid_hash, FileRef, NodeCaps, NodeWork, TaskAssignment, TaskDone, WireLease, WorkReply,
     MAX_BLOB_CHUNK,
 };
-use periphery_protocol::{Request, Response};
+use periphery_protocol::{Request, Response, MIN_NODE_PROTOCOL_VERSION};
 use periphery_render::blender::{parse_line, Event};
 
 use crate::home::Credentials;
@@ -59,12 +59,25 @@ pub struct Node {
 #[error("the appliance refused this node ({0}); join it again")]
 pub struct Refused(String);
 
+/// The appliance speaks an older protocol than render nodes need.
+#[derive(Debug, thiserror::Error)]
+#[error("the appliance speaks protocol version {0}; render nodes need version {MIN_NODE_PROTOCOL_VERSION}: update the appliance")]
+pub struct ApplianceTooOld(u16);
+
+/// Whether `e` ends the node: trying again cannot help.
+fn fatal(e: &anyhow::Error) -> bool {
+    e.is::<Refused>() || e.is::<ApplianceTooOld>()
+}
+
 async fn connect(creds: &Credentials) -> anyhow::Result<Session> {
     let addr = periphery_client::session::resolve(&creds.joined.address)
         .await
         .with_context(|| format!("cannot resolve {}", creds.joined.address))?;
     let config = tls::pinned(&creds.ca_der, &creds.cert_der, &creds.key_der)?;
     match Session::connect_as(addr, config, SOFTWARE).await {
+        Ok(s) if s.welcome.version < MIN_NODE_PROTOCOL_VERSION => {
+            Err(ApplianceTooOld(s.welcome.version).into())
+        }
         Ok(s) => Ok(s),
         Err(e) if e.is_refused() => Err(Refused(e.to_string()).into()),
         Err(e) => Err(e.into()),
@@ -93,12 +106,16 @@ impl Link<'_> {
                         self.session = Some(s);
                         continue;
                     }
-                    Err(e) if e.is::<Refused>() => return Err(e),
+                    Err(e) if fatal(&e) => return Err(e),
                     Err(e) => e,
                 },
                 Some(s) => match s.request(body.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(periphery_client::session::SessionError::Api(e)) => return Err(e.into()),
+                    // Sending it again would fail the same way (a call too large, say).
+                    Err(e @ periphery_client::session::SessionError::Protocol(_)) => {
+                        return Err(e.into())
+                    }
                     Err(e) => {
                         self.session = None;
                         anyhow::Error::from(e)
@@ -193,6 +210,8 @@ const IDLE_WAIT_MS: u32 = 5_000;
 const AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// The working directory, under the cache.
 const WORK: &str = "work";
+/// How long the output of a command that exited is read for, at most.
+const DRAIN: Duration = Duration::from_secs(5);
 /// Where outputs wait for their report, under the cache.
 const OUTGOING: &str = "outgoing";
 
@@ -201,10 +220,11 @@ type Call<'a> = Pin<Box<dyn Future<Output = (Link<'a>, Called)> + 'a>>;
 
 /// What a call was, and what came of it.
 enum Called {
-    /// A [`NodeWork`] call: when it went, whether the appliance could hold it.
+    /// A [`NodeWork`] call: when it went, whether the node was idle (the appliance may
+    /// hold the call).
     Work {
         sent: Instant,
-        waited: bool,
+        idle: bool,
         reply: Box<anyhow::Result<Response>>,
     },
     /// A queued task's inputs fetched into the cache, or why not.
@@ -212,6 +232,13 @@ enum Called {
         lease: WireLease,
         result: anyhow::Result<()>,
     },
+}
+
+/// A task to run after the current one.
+struct Queued {
+    t: TaskAssignment,
+    /// Why its inputs could not be fetched: it fails when its turn comes.
+    unfetched: Option<String>,
 }
 
 /// A task that ended, to report: with its outputs staged under [`OUTGOING`], so the working
@@ -250,8 +277,27 @@ struct Output {
     error: Option<String>,
 }
 
+/// The longest output line kept, bytes (the appliance keeps as much).
+const LINE: usize = 500;
+
+/// `l` cut to [`LINE`] bytes at a character boundary.
+fn cut(mut l: String) -> String {
+    if l.len() > LINE {
+        let mut end = LINE;
+        while !l.is_char_boundary(end) {
+            end -= 1;
+        }
+        l.truncate(end);
+    }
+    l
+}
+
 impl Output {
+    /// Takes a line: kept in the tail, and among the fresh lines for the next call (the
+    /// newest [`TAIL`] of them: the appliance keeps no more), so a call stays small however
+    /// much a command prints.
     fn take(&mut self, l: String) {
+        let l = cut(l);
         match parse_line(&l) {
             Some(Event::Frame(f)) => self.progress = Some(format!("frame {f}")),
             Some(Event::Samples { done, total }) => {
@@ -265,6 +311,9 @@ impl Output {
             self.tail.pop_front();
         }
         self.tail.push_back(l.clone());
+        if self.fresh.len() == TAIL {
+            self.fresh.remove(0);
+        }
         self.fresh.push(l);
     }
 }
@@ -341,9 +390,7 @@ struct Worker<'a> {
     call: Option<Call<'a>>,
     running: Option<Running>,
     /// Tasks to run after the current one, in order.
-    queue: VecDeque<TaskAssignment>,
-    /// Why the inputs of a queued task could not be fetched.
-    unfetched: HashMap<WireLease, String>,
+    queue: VecDeque<Queued>,
     /// Tasks ended and not yet reported.
     ended: Vec<Ended>,
     last_call: Instant,
@@ -370,7 +417,6 @@ impl<'a> Worker<'a> {
             call: None,
             running: None,
             queue: VecDeque::new(),
-            unfetched: HashMap::new(),
             ended: Vec::new(),
             last_call: now,
             hold_until: now,
@@ -416,9 +462,18 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// How many tasks to hold queued behind the running one.
+    /// How many tasks to hold queued behind the running one: known only when it is of the
+    /// step last timed (or nothing runs: the appliance queues only that step's tasks).
     fn ahead(&self) -> usize {
-        ahead(self.task_time.map(|t| t.1), self.round_trip)
+        let Some((step, time)) = self.task_time else {
+            return 0;
+        };
+        if let Some(r) = &self.running {
+            if (r.t.lease.job, r.t.lease.step) != step {
+                return 0;
+            }
+        }
+        ahead(Some(time), self.round_trip)
     }
 
     /// Starts the first queued task when nothing runs and its inputs are in the cache;
@@ -428,17 +483,17 @@ impl<'a> Worker<'a> {
             let Some(front) = self.queue.front() else {
                 return;
             };
-            let lease = front.lease;
-            if let Some(why) = self.unfetched.remove(&lease) {
-                let t = self.queue.pop_front().expect("a front");
-                self.failed(t.lease, why);
+            let lease = front.t.lease;
+            if let Some(why) = front.unfetched.clone() {
+                self.queue.pop_front();
+                self.failed(lease, why);
                 continue;
             }
-            if !front.inputs.iter().all(|f| self.node.cached(f).is_some()) {
+            if !front.t.inputs.iter().all(|f| self.node.cached(f).is_some()) {
                 // A fetch brings them first.
                 return;
             }
-            let t = self.queue.pop_front().expect("a front");
+            let t = self.queue.pop_front().expect("a front").t;
             tracing::debug!(job = lease.job, step = %t.step, task = lease.task, attempt = t.attempt, argv = ?t.argv, "task started");
             match self.spawn(t) {
                 Ok(r) => self.running = Some(r),
@@ -473,12 +528,11 @@ impl<'a> Worker<'a> {
         if !self.ended.is_empty() || idle || beat {
             return Some(self.work_call(link, idle));
         }
-        let fetch = self.queue.iter().find(|t| {
-            !self.unfetched.contains_key(&t.lease)
-                && t.inputs.iter().any(|f| self.node.cached(f).is_none())
+        let fetch = self.queue.iter().find(|q| {
+            q.unfetched.is_none() && q.t.inputs.iter().any(|f| self.node.cached(f).is_none())
         });
-        if let Some(t) = fetch {
-            let (lease, inputs, node) = (t.lease, t.inputs.clone(), self.node);
+        if let Some(q) = fetch {
+            let (lease, inputs, node) = (q.t.lease, q.t.inputs.clone(), self.node);
             return Some(Box::pin(async move {
                 let mut link = link;
                 let mut result = Ok(());
@@ -515,7 +569,7 @@ impl<'a> Worker<'a> {
             running,
             progress,
             log,
-            queued: self.queue.iter().map(|t| t.lease).collect(),
+            queued: self.queue.iter().map(|q| q.t.lease).collect(),
             done: Vec::new(),
             want: (self.ahead() + 1).saturating_sub(have) as u32,
             wait_ms: if idle { IDLE_WAIT_MS } else { 0 },
@@ -529,14 +583,7 @@ impl<'a> Worker<'a> {
             w.done = node.upload_outputs(&mut link, ended).await;
             let sent = Instant::now();
             let reply = Box::new(link.request(Request::NodeWork(Box::new(w))).await);
-            (
-                link,
-                Called::Work {
-                    sent,
-                    waited: idle,
-                    reply,
-                },
-            )
+            (link, Called::Work { sent, idle, reply })
         })
     }
 
@@ -545,24 +592,20 @@ impl<'a> Worker<'a> {
         match c {
             Called::Fetched { lease, result } => {
                 if let Err(e) = result {
-                    if self.queue.iter().any(|t| t.lease == lease) {
-                        self.unfetched.insert(lease, format!("{e:#}"));
+                    if let Some(q) = self.queue.iter_mut().find(|q| q.t.lease == lease) {
+                        q.unfetched = Some(format!("{e:#}"));
                     }
                 }
             }
-            Called::Work {
-                sent,
-                waited,
-                reply,
-            } => match *reply {
+            Called::Work { sent, idle, reply } => match *reply {
                 Ok(Response::Work(w)) => {
-                    if !waited {
+                    if !idle {
                         self.round_trip = Some(follow(self.round_trip, sent.elapsed()));
                     }
                     self.take(w).await;
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the appliance: {other:?}"),
-                Err(e) if e.is::<Refused>() => return Err(e),
+                Err(e) if fatal(&e) => return Err(e),
                 // The link has tried for a while already; whatever the call reported is
                 // lost (its leases expire and the tasks run again elsewhere).
                 Err(e) => {
@@ -590,7 +633,7 @@ impl<'a> Worker<'a> {
                     task = lease.task,
                     "task stopped by the appliance"
                 );
-            } else if let Some(i) = self.queue.iter().position(|t| t.lease == lease) {
+            } else if let Some(i) = self.queue.iter().position(|q| q.t.lease == lease) {
                 self.queue.remove(i);
                 tracing::info!(
                     job = lease.job,
@@ -599,7 +642,8 @@ impl<'a> Worker<'a> {
                 );
             }
         }
-        self.queue.extend(w.tasks);
+        self.queue
+            .extend(w.tasks.into_iter().map(|t| Queued { t, unfetched: None }));
     }
 
     /// Places the task's inputs from the cache in the working directory and starts its
@@ -668,19 +712,28 @@ impl<'a> Worker<'a> {
         let Some(mut r) = self.running.take() else {
             return;
         };
-        while let Some(l) = r.lines.recv().await {
-            r.out.take(l);
-        }
         let took = r.began.elapsed();
-        let lease = r.t.lease;
-        let step = (lease.job, lease.step);
-        let time = match self.task_time {
-            Some((s, old)) if s == step && old < PREFETCH_BELOW && took < PREFETCH_BELOW => {
-                follow(Some(old), took)
+        // The rest of its output; the pipes close when the last process holding them
+        // ends (the command's process group was killed as it exited; one that left the
+        // group is not waited for long).
+        let _ = tokio::time::timeout(DRAIN, async {
+            while let Some(l) = r.lines.recv().await {
+                r.out.take(l);
             }
-            _ => took,
-        };
-        self.task_time = Some((step, time));
+        })
+        .await;
+        let lease = r.t.lease;
+        if status.as_ref().is_ok_and(|s| s.success()) {
+            // Only tasks that ran tell how long the step's tasks run.
+            let step = (lease.job, lease.step);
+            let time = match self.task_time {
+                Some((s, old)) if s == step && old < PREFETCH_BELOW && took < PREFETCH_BELOW => {
+                    follow(Some(old), took)
+                }
+                _ => took,
+            };
+            self.task_time = Some((step, time));
+        }
         let tail: Vec<String> = r.out.tail.into();
         let outcome = match status {
             Err(e) => Err(format!("cannot wait for the command: {e}")),

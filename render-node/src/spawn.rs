@@ -313,8 +313,10 @@ impl Child {
         Ok(ExitStatus::from_raw(status))
     }
 
-    /// Waits for it to exit without blocking the runtime (the pidfd turns readable).
-    /// Cancel-safe: dropping the future and waiting again loses nothing.
+    /// Waits for it to exit without blocking the runtime (the pidfd turns readable), then
+    /// kills what is left of its process group (what it started and left running), before
+    /// reaping it so the group's id cannot be reused meanwhile. Cancel-safe: dropping the
+    /// future and waiting again loses nothing.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(fd) = self.pidfd.take() {
             // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same until the
@@ -327,7 +329,9 @@ impl Child {
         if let Some(fd) = &self.exited {
             let _ready = fd.readable().await?;
         }
-        // It exited: reaping does not block.
+        // It exited but is not reaped: the group id is still its own.
+        kill_group(self.pid);
+        // Reaping does not block.
         self.wait_blocking()
     }
 }
@@ -509,5 +513,31 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the group lives on");
             std::thread::yield_now();
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_command_leaves_running_dies_when_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        // It leaves a sleeper holding its output pipe.
+        let mut c = spawn(
+            Path::new("sh"),
+            &["-c", "sleep 30 & exit 0"],
+            dir.path(),
+            Out::Pipe,
+            Out::Inherit,
+        )
+        .unwrap();
+        let pid = c.pid;
+        let out = c.stdout.take().unwrap();
+        assert!(c.wait().await.unwrap().success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while live_in_group(pid) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the sleeper lives on");
+            std::thread::yield_now();
+        }
+        // The pipe closes: reading it to the end does not wait for the sleeper.
+        let t = std::time::Instant::now();
+        assert_eq!(read_all(out), "");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
     }
 }

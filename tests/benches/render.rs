@@ -112,7 +112,7 @@ fn scheduler_alone(tasks: usize) -> (Duration, Duration) {
     )
     .unwrap();
     for n in 0..NODES {
-        f.node_seen(0, &format!("n{n}"), BTreeSet::new(), &[]);
+        f.node_seen(0, &format!("n{n}"), BTreeSet::new(), None, &[]);
     }
     let t = Instant::now();
     let mut now = 1;

@@ -32,13 +32,17 @@ pub use messages::*;
 pub const ALPN: &[u8] = b"periphery/1";
 
 /// The newest protocol version this build speaks. Version 2: a render node's reports travel
-/// in its [`Request::NodeWork`] calls (there is no `NodeTaskDone`), and it may hold several
-/// queued tasks.
+/// in its [`Request::NodeWork`] calls (version 1's `NodeTaskDone` is
+/// [`Request::RetiredNodeTaskDone`]), and it may hold several queued tasks.
 pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest protocol version this build speaks: version 1 peers are told their version is
-/// not spoken, rather than misread.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build speaks (tablets and the admin CLI of version 1
+/// send nothing that changed).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The oldest version render nodes may speak: their calls changed shape in version 2, so a
+/// node of version 1 is told at its hello rather than misread.
+pub const MIN_NODE_PROTOCOL_VERSION: u16 = 2;
 
 /// The DNS-SD service type the appliance announces.
 pub const SERVICE_TYPE: &str = "_periphery._udp.local.";
@@ -179,6 +183,7 @@ mod tests {
 
     #[test]
     fn negotiation_picks_newest_common_version() {
+        assert_eq!(negotiate(&h(1, 1)), Ok(1));
         assert_eq!(negotiate(&h(1, 2)), Ok(2));
         assert_eq!(negotiate(&h(0, 9)), Ok(PROTOCOL_VERSION));
     }
@@ -187,10 +192,6 @@ mod tests {
     fn negotiation_refuses_disjoint_or_inverted_ranges() {
         assert!(negotiate(&h(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5)).is_err());
         assert!(negotiate(&h(0, 0)).is_err());
-        assert!(
-            negotiate(&h(1, 1)).is_err(),
-            "version 1 is no longer spoken"
-        );
         assert!(negotiate(&h(1, 0)).is_err());
     }
 

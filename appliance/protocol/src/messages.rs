@@ -517,6 +517,10 @@ pub enum Request {
     },
     /// A node's heartbeat, reports and request for work. Answer: [`Response::Work`].
     NodeWork(Box<crate::render::NodeWork>),
+    /// Retired: version 1's report of a finished task (since version 2 a node's reports ride
+    /// in [`Request::NodeWork`]). Kept so the requests after it keep their place on the
+    /// wire; refused.
+    RetiredNodeTaskDone,
     /// A job's summary once its state or task counts differ from `seen` (at once without
     /// `seen`), or after `wait_ms` (capped at 10 s) when nothing changed: how `render watch`
     /// follows a job without polling. Answer: [`Response::RenderSummary`].
@@ -626,6 +630,7 @@ impl Request {
             Request::RenderNodeToken => "render-node-token",
             Request::NodeJoin { .. } => "node-join",
             Request::NodeWork(_) => "node-work",
+            Request::RetiredNodeTaskDone => "retired-node-task-done",
             Request::RenderWatch { .. } => "render-watch",
         }
     }

@@ -260,6 +260,16 @@ pub struct Lease {
     pub serial: u32,
 }
 
+/// What a node's heartbeat changed ([`Farm::node_seen`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Leases the node should stop, or drop if it has not started them.
+    pub stop: Vec<Lease>,
+    /// Tasks that wait again (the node no longer held them, or held them queued for a job
+    /// that is now paused): idle nodes may take them.
+    pub freed: usize,
+}
+
 /// Work handed to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -565,39 +575,60 @@ impl Farm {
         Ok(id)
     }
 
-    /// A node's heartbeat: it is alive, with `tags`, holding the leases `held` (the task it
-    /// runs and those queued behind it; none when idle). A task the farm had leased to it
-    /// that it no longer holds (it restarted) waits again. Returns the leases the node should
-    /// drop or stop: those it holds that are no longer current (expired, canceled, unknown).
+    /// A node's heartbeat: it is alive, with `tags`, running the task of lease `running`
+    /// (none when idle) with the tasks of `queued` to go on to. A task the farm had leased
+    /// to it that it no longer names (it restarted), or holds queued for a job that is now
+    /// paused, waits again. Says which leases the node should stop or drop: those it holds
+    /// that are no longer current (expired, canceled, unknown, or released just now).
     pub fn node_seen(
         &mut self,
         now: Millis,
         id: &str,
         tags: BTreeSet<String>,
-        held: &[Lease],
-    ) -> Vec<Lease> {
+        running: Option<Lease>,
+        queued: &[Lease],
+    ) -> Seen {
+        let named: Vec<Lease> = running.into_iter().chain(queued.iter().copied()).collect();
         let n = self
             .nodes
             .entry(id.to_owned())
             .or_insert_with(|| Node::new(now));
         n.tags = tags;
         n.last_seen = now;
-        let lost: Vec<TaskRef> = n
+        // The node lost these (it restarted): they did not fail.
+        let mut lost: Vec<TaskRef> = n
             .held
             .iter()
-            .filter(|t| !held.iter().any(|l| l.task == **t))
+            .filter(|t| !named.iter().any(|l| l.task == **t))
             .copied()
             .collect();
+        // No new task of a paused job starts, queued ones neither.
+        lost.extend(
+            queued
+                .iter()
+                .filter(|l| {
+                    self.holds(id, **l) && self.jobs.get(&l.task.job).is_some_and(|j| j.meta.paused)
+                })
+                .map(|l| l.task),
+        );
+        let freed = lost.len();
         for t in lost {
-            // The node lost the task (it restarted): the task did not fail.
             self.release(id, t);
         }
-        held.iter()
-            .copied()
+        let stop = named
+            .into_iter()
             .filter(|l| {
                 !self.holds(id, *l) || self.jobs.get(&l.task.job).is_some_and(|j| j.meta.canceled)
             })
-            .collect()
+            .collect();
+        Seen { stop, freed }
+    }
+
+    /// Node `id` is alive (it moves files), without a heartbeat's news.
+    pub fn touch(&mut self, now: Millis, id: &str) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.last_seen = n.last_seen.max(now);
+        }
     }
 
     /// Puts a node's task back to waiting without counting a failure.
@@ -713,32 +744,35 @@ impl Farm {
     }
 
     /// A task for busy node `id` to go on to after those it holds: only while it holds
-    /// fewer than [`MAX_HELD`], only of the step of the last task it reported (a node asks
-    /// for queued tasks knowing how long that step's tasks run), and only while no idle
-    /// node could run that job.
+    /// fewer than [`MAX_HELD`], all of the step of the last task it reported, and only of
+    /// that step (a node asks for queued tasks knowing how long that step's tasks run); only
+    /// while no idle node could run that job and no job served before it has a task ready.
     pub fn queue_node(&mut self, now: Millis, id: &str) -> Option<Assignment> {
         let node = self.nodes.get(id)?;
         let (job_id, step) = node.last_step?;
-        if node.held.is_empty() || node.held.len() >= MAX_HELD {
+        if node.held.is_empty()
+            || node.held.len() >= MAX_HELD
+            || node.held.iter().any(|t| (t.job, t.step) != (job_id, step))
+        {
             return None;
         }
         let job = self.jobs.get(&job_id)?;
-        // A job served before this one waits for the node to be free.
-        let first = self
-            .runnable
-            .iter()
-            .map(|k| k.2)
-            .find(|j| self.jobs[j].may_run_on(id, node));
-        if first != Some(job_id) {
-            return None;
-        }
-        self.examined += 1;
         let others_idle = self
             .nodes
             .iter()
             .any(|(other, n)| other != id && n.held.is_empty() && job.may_run_on(other, n));
         if others_idle || !job.may_run_on(id, node) {
             return None;
+        }
+        // A job served before this one with a task ready waits for the node to be free.
+        for j in self.runnable_jobs() {
+            if j == job_id {
+                break;
+            }
+            self.examined += 1;
+            if self.jobs[&j].may_run_on(id, &self.nodes[id]) && self.ready_task(j, id).is_some() {
+                return None;
+            }
         }
         let t = self.ready_task(job_id, id).filter(|t| t.step == step)?;
         self.lease_to(now, id, t)
@@ -814,15 +848,16 @@ impl Farm {
         let others = self.nodes_left(t.job, node_id);
         let job = self.jobs.get_mut(&t.job).ok_or(FarmError::NoJob(t.job))?;
         let canceled = job.meta.canceled;
-        let mut stuck = false;
+        let (mut blocklisted, mut stuck) = (false, false);
         let state = match outcome {
             Ok(()) => TaskState::Done,
             Err(_) if canceled => TaskState::Canceled,
             Err(e) => {
                 let here = job.meta.failures.entry(node_id.to_owned()).or_insert(0);
                 *here += 1;
+                blocklisted = *here >= BLOCKLIST_AFTER;
                 // The last node that may run the job is blocklisted: nothing would run it.
-                stuck = *here == BLOCKLIST_AFTER && !others;
+                stuck = blocklisted && !others;
                 self.changes.jobs.insert(t.job);
                 let rec = &mut job.steps[t.step].tasks[t.task];
                 rec.failures += 1;
@@ -835,6 +870,19 @@ impl Farm {
             }
         };
         self.set_task(t, state);
+        if blocklisted {
+            // What else the node holds of the job (queued) goes to other nodes, or fails
+            // with the rest when there are none.
+            let mine: Vec<TaskRef> = self.nodes[node_id]
+                .held
+                .iter()
+                .filter(|h| h.job == t.job)
+                .copied()
+                .collect();
+            for h in mine {
+                self.release(node_id, h);
+            }
+        }
         if stuck {
             self.fail_waiting(t.job);
         }
@@ -1131,7 +1179,7 @@ mod tests {
     }
 
     fn seen(f: &mut Farm, now: Millis, node: &str) {
-        f.node_seen(now, node, tags(&[]), &[]);
+        f.node_seen(now, node, tags(&[]), None, &[]);
     }
 
     #[test]
@@ -1139,10 +1187,10 @@ mod tests {
         let mut f = Farm::new();
         let j = f.submit(0, job("a", 50, &["linux"], 30)).unwrap();
         let linux = || tags(&["linux"]);
-        f.node_seen(0, "n1", linux(), &[]);
-        f.node_seen(0, "n2", linux(), &[]);
+        f.node_seen(0, "n1", linux(), None, &[]);
+        f.node_seen(0, "n2", linux(), None, &[]);
         // An idle node that lacks the job's tags does not count.
-        f.node_seen(0, "tagged", tags(&["other"]), &[]);
+        f.node_seen(0, "tagged", tags(&["other"]), None, &[]);
         assert!(
             f.queue_node(1, "n1").is_none(),
             "n1 runs nothing: nothing to queue behind"
@@ -1187,7 +1235,13 @@ mod tests {
         let c = f.queue_node(3, "n1").unwrap();
 
         // n2 restarts holding nothing: both its tasks wait again, not as failures.
-        assert!(f.node_seen(4, "n2", linux(), &[]).is_empty());
+        assert_eq!(
+            f.node_seen(4, "n2", linux(), None, &[]),
+            Seen {
+                stop: vec![],
+                freed: 2
+            }
+        );
         for l in [b.lease, d.lease] {
             assert!(!f.holds("n2", l));
             assert_eq!(f.task(l.task).unwrap().state, TaskState::Waiting);
@@ -1195,7 +1249,10 @@ mod tests {
         }
         // A node that dropped its queued tasks keeps the one it runs.
         let first = queued[1].lease;
-        assert!(f.node_seen(5, "n1", linux(), &[first]).is_empty());
+        assert!(f
+            .node_seen(5, "n1", linux(), Some(first), &[])
+            .stop
+            .is_empty());
         assert!(f.holds("n1", first));
         for l in queued[2..]
             .iter()
@@ -1213,13 +1270,82 @@ mod tests {
         let stop = f.cancel(j).unwrap();
         assert!(stop.iter().any(|x| x.lease == first) && stop.iter().any(|x| x.lease == q.lease));
         assert_eq!(
-            f.node_seen(7, "n1", linux(), &[first, q.lease]),
+            f.node_seen(7, "n1", linux(), Some(first), &[q.lease]).stop,
             vec![first, q.lease]
         );
         f.node_gone("n1");
         for l in [first, q.lease] {
             assert_eq!(f.task(l.task).unwrap().state, TaskState::Canceled);
         }
+    }
+
+    #[test]
+    fn queued_tasks_of_a_paused_job_wait_again_and_a_running_one_goes_on() {
+        let mut f = Farm::new();
+        let j = f.submit(0, job("a", 50, &[], 6)).unwrap();
+        seen(&mut f, 0, "n1");
+        let a = f.assign_node(1, "n1").unwrap();
+        f.finished(1, "n1", a.lease, Ok(())).unwrap();
+        let run = f.assign_node(2, "n1").unwrap().lease;
+        let q: Vec<Lease> = (0..2)
+            .map(|_| f.queue_node(2, "n1").unwrap().lease)
+            .collect();
+        f.pause(j).unwrap();
+        let seen = f.node_seen(3, "n1", tags(&[]), Some(run), &q);
+        assert_eq!(seen.stop, q, "the queued ones are dropped");
+        assert_eq!(seen.freed, 2);
+        assert!(f.holds("n1", run), "the running one finishes");
+        for l in &q {
+            assert_eq!(f.task(l.task).unwrap().state, TaskState::Waiting);
+        }
+    }
+
+    #[test]
+    fn a_lone_node_blocklisted_with_tasks_queued_fails_the_job_rather_than_hang() {
+        let mut f = Farm::new();
+        let j = f.submit(0, job("a", 50, &[], 8)).unwrap();
+        seen(&mut f, 0, "n1");
+        let a = f.assign_node(1, "n1").unwrap();
+        f.finished(1, "n1", a.lease, Ok(())).unwrap();
+        let mut held: Vec<Lease> = vec![f.assign_node(2, "n1").unwrap().lease];
+        held.extend((0..5).map(|_| f.queue_node(2, "n1").unwrap().lease));
+        // The first three fail: the node is blocklisted while it holds three more.
+        for l in &held[..3] {
+            f.finished(3, "n1", *l, Err("boom".into())).unwrap();
+        }
+        for l in &held[3..] {
+            assert!(!f.holds("n1", *l), "what it held of the job is taken back");
+        }
+        assert_eq!(f.state(j).unwrap(), JobState::Failed);
+        let stop = f
+            .node_seen(4, "n1", tags(&[]), Some(held[3]), &held[4..])
+            .stop;
+        assert_eq!(stop, held[3..].to_vec(), "and the node told to drop it");
+    }
+
+    #[test]
+    fn nothing_is_queued_behind_a_task_of_another_step() {
+        let mut f = Farm::new();
+        let frames = f.submit(0, job("frames", 50, &[], 20)).unwrap();
+        seen(&mut f, 0, "n1");
+        let a = f.assign_node(1, "n1").unwrap();
+        f.finished(1, "n1", a.lease, Ok(())).unwrap();
+        let long = f.submit(1, job("long", 90, &[], 1)).unwrap();
+        let b = f.assign_node(2, "n1").unwrap();
+        assert_eq!(b.lease.task.job, long);
+        assert!(
+            f.queue_node(2, "n1").is_none(),
+            "job {frames}'s short tasks wait for a free node, not behind a long one"
+        );
+    }
+
+    #[test]
+    fn a_node_moving_files_stays_alive() {
+        let mut f = Farm::new();
+        seen(&mut f, 0, "n1");
+        f.touch(NODE_TIMEOUT - 1, "n1");
+        assert!(f.tick(NODE_TIMEOUT).is_empty());
+        assert_eq!(f.tick(2 * NODE_TIMEOUT - 1), vec!["n1".to_string()]);
     }
 
     #[test]
@@ -1277,7 +1403,7 @@ mod tests {
         let old = f.submit(1, job("old", 60, &[], 1)).unwrap();
         let new = f.submit(2, job("new", 60, &[], 1)).unwrap();
         let gpu = f.submit(3, job("gpu", 90, &["gpu"], 1)).unwrap();
-        f.node_seen(0, "cpu", tags(&["linux"]), &[]);
+        f.node_seen(0, "cpu", tags(&["linux"]), None, &[]);
         let a = f.assign(5);
         assert_eq!(
             a[0].lease.task.job, old,
@@ -1290,7 +1416,7 @@ mod tests {
             .any(|w| w.contains("no node has the tags gpu")));
         assert!(f.why(new).unwrap().iter().any(|w| w.contains("busy")));
         assert!(f.why(low).unwrap().iter().any(|w| w.contains("busy")));
-        f.node_seen(5, "big", tags(&["gpu", "linux"]), &[]);
+        f.node_seen(5, "big", tags(&["gpu", "linux"]), None, &[]);
         let b = f.assign(6);
         assert_eq!(b[0].lease.task.job, gpu);
     }
@@ -1403,7 +1529,8 @@ mod tests {
         ));
         // ... and when it comes back still running it, it is told to stop.
         assert_eq!(
-            f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), &[a[0].lease]),
+            f.node_seen(NODE_TIMEOUT + 2, "n1", tags(&[]), Some(a[0].lease), &[])
+                .stop,
             vec![a[0].lease]
         );
         seen(&mut f, NODE_TIMEOUT + 2, "n2");
@@ -1420,7 +1547,7 @@ mod tests {
         let first = f.assign(1)[0].lease;
         // The node restarts and says it runs nothing: the task waits again, and goes back
         // to the same node as a new attempt.
-        assert!(f.node_seen(2, "n1", tags(&[]), &[]).is_empty());
+        assert_eq!(f.node_seen(2, "n1", tags(&[]), None, &[]).freed, 1);
         let second = f.assign(3)[0].lease;
         assert_eq!(second.task, first.task);
         assert!(matches!(
@@ -1452,7 +1579,7 @@ mod tests {
         assert_eq!(running, a, "the running task is returned to be stopped");
         // The node's next heartbeat is told to stop it.
         assert_eq!(
-            f.node_seen(5, "n1", tags(&[]), &[a[0].lease]),
+            f.node_seen(5, "n1", tags(&[]), Some(a[0].lease), &[]).stop,
             vec![a[0].lease]
         );
         f.finished(5, "n1", a[0].lease, Err("killed".into()))
@@ -1528,7 +1655,10 @@ mod tests {
         );
         assert_eq!(g.progress(j).unwrap(), f.progress(j).unwrap());
         assert_eq!(g.state(j).unwrap(), JobState::Paused);
-        assert!(g.node_seen(101, "n2", tags(&[]), &[a[1].lease]).is_empty());
+        assert!(g
+            .node_seen(101, "n2", tags(&[]), Some(a[1].lease), &[])
+            .stop
+            .is_empty());
         g.finished(102, "n2", a[1].lease, Ok(())).unwrap();
         assert_eq!(g.progress(j).unwrap().done, 2);
         g.resume(j).unwrap();

@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use periphery_protocol::{
     encode_frame, negotiate, ClientMessage, CloseCode, DecodeError, FrameError, MalformedMessage,
     MessageDecoder, ServerMessage, VersionMismatch, Welcome, DEFAULT_MAX_FRAME, MAX_SERVER_FRAME,
+    MIN_NODE_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
-use crate::appliance::{Appliance, Conversation};
+use crate::appliance::{Appliance, Caller, Conversation};
 
 /// How long a client has to say Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,6 +137,14 @@ where
         Ok(Err(e)) => return Err(e),
     };
     let version = negotiate(&hello)?;
+    if matches!(conv.caller, Caller::Node { .. }) && version < MIN_NODE_PROTOCOL_VERSION {
+        return Err(ControlError::Version(VersionMismatch {
+            peer_min: hello.min_version,
+            peer_max: hello.max_version,
+            our_min: MIN_NODE_PROTOCOL_VERSION,
+            our_max: PROTOCOL_VERSION,
+        }));
+    }
     tracing::debug!(software = %hello.software, version, "hello");
     send(
         &mut write,

@@ -234,7 +234,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
                 _ => paired(),
             }
         }
-        Request::NodeWork(_) => node(),
+        Request::NodeWork(_) | Request::RetiredNodeTaskDone => node(),
         Request::PairCodeStart { .. }
         | Request::PairCodeFinish { .. }
         | Request::PairPassword { .. }
@@ -634,6 +634,10 @@ impl Appliance {
             | Request::RenderNodeToken
             | Request::NodeJoin { .. }
             | Request::NodeWork(_)) => self.render_request(conv, actor, req).await,
+            Request::RetiredNodeTaskDone => Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "NodeTaskDone is retired: reports ride in NodeWork since protocol version 2",
+            )),
             Request::Audit { limit } => {
                 let rows = self
                     .blocking(move |s| s.audit_tail(limit.min(10_000) as usize))

@@ -27,7 +27,9 @@ use periphery_protocol::render::{
 };
 use periphery_protocol::{ApiError, ErrorCode};
 use periphery_render::builtin;
-use periphery_render::farm::{Farm, FarmError, JobId, JobRequest, Lease, Millis, TaskRef};
+use periphery_render::farm::{
+    Farm, FarmError, JobId, JobRequest, Lease, Millis, TaskRef, TaskState,
+};
 use periphery_render::template::Template;
 
 use crate::store::{AuditRecord, JobFacts, JobRow, Store, StoreError, TaskFacts, TaskRow};
@@ -58,6 +60,8 @@ struct Inner {
     nodes: HashMap<String, NodeCaps>,
     /// What running tasks last said of their progress (`frame 3`); not stored.
     progress: HashMap<TaskRef, String>,
+    /// The number of each node's newest call ([`RenderFarm::try_work`]).
+    calls: HashMap<String, u64>,
     /// Tasks whose extra fields changed (the farm tracks its own).
     dirty: BTreeSet<TaskRef>,
     audit: Vec<AuditRecord>,
@@ -425,9 +429,26 @@ impl RenderFarm {
 
     /// One call of node `id` without waiting, in one transaction (one durable commit for
     /// however many reports it carries): its reports recorded, its heartbeat, and as many
-    /// tasks as it asks for and may have.
-    fn try_work(&self, id: &str, w: &NodeWork) -> Result<WorkReply, ApiError> {
+    /// tasks as it asks for and may have. `call` numbers the node's calls: `None` for a new
+    /// one (numbered here); a call held for work that is no longer the node's newest (it
+    /// reconnected and called again) does nothing more and answers `None`. Also says whether
+    /// tasks came free for other nodes.
+    fn try_work(
+        &self,
+        id: &str,
+        w: &NodeWork,
+        call: &mut Option<u64>,
+    ) -> Result<Option<(WorkReply, bool)>, ApiError> {
         self.with(|inner| {
+            let newest = inner.calls.entry(id.to_owned()).or_default();
+            match call {
+                None => {
+                    *newest += 1;
+                    *call = Some(*newest);
+                }
+                Some(c) if *c != *newest => return Ok(None),
+                Some(_) => {}
+            }
             let now = now_ms();
             let mut reply = WorkReply::default();
             for d in &w.done {
@@ -436,17 +457,10 @@ impl RenderFarm {
                 }
             }
             let running = w.running.map(unwire);
-            let held: Vec<Lease> = running
-                .into_iter()
-                .chain(w.queued.iter().copied().map(unwire))
-                .collect();
+            let queued: Vec<Lease> = w.queued.iter().copied().map(unwire).collect();
             let tags = w.caps.tags.iter().cloned().collect();
-            reply.stop = inner
-                .farm
-                .node_seen(now, id, tags, &held)
-                .into_iter()
-                .map(wire)
-                .collect();
+            let seen = inner.farm.node_seen(now, id, tags, running, &queued);
+            reply.stop = seen.stop.into_iter().map(wire).collect();
             inner.nodes.insert(id.to_owned(), w.caps.clone());
             if let Some(l) = running.filter(|l| inner.farm.holds(id, *l)) {
                 match &w.progress {
@@ -468,7 +482,7 @@ impl RenderFarm {
             }
             // An idle node gets a task to start; a busy one (or one that just got a task)
             // tasks to queue, while no idle node could take them.
-            let mut busy = !held.is_empty();
+            let mut busy = running.is_some() || !queued.is_empty();
             while reply.tasks.len() < w.want as usize {
                 match inner.assign_to(now, id, busy)? {
                     Some(t) => reply.tasks.push(t),
@@ -476,7 +490,9 @@ impl RenderFarm {
                 }
                 busy = true;
             }
-            Ok(reply)
+            // Finished tasks may free others (the steps that wait for them).
+            let freed = seen.freed > 0 || !w.done.is_empty();
+            Ok(Some((reply, freed)))
         })
     }
 
@@ -490,24 +506,27 @@ impl RenderFarm {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(w.wait_ms.into()).min(MAX_WAIT);
         let idle = w.running.is_none() && w.queued.is_empty();
+        let mut call = None;
         loop {
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (me, i) = (self.clone(), id.clone());
-            let (back, reply) = tokio::task::spawn_blocking(move || {
-                let r = me.try_work(&i, &w);
-                (w, r)
+            let (back, number, answer) = tokio::task::spawn_blocking(move || {
+                let r = me.try_work(&i, &w, &mut call);
+                (w, call, r)
             })
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-            let reply = reply?;
-            w = back;
-            if !w.done.is_empty() {
-                // Finished tasks may free others (the steps that wait for them).
+            let Some((reply, freed)) = answer? else {
+                return Ok(WorkReply::default());
+            };
+            (w, call) = (back, number);
+            if freed {
                 self.work.notify_waiters();
-                w.done.clear();
             }
+            // Recorded once.
+            w.done.clear();
             w.log.clear();
             let nothing = reply == WorkReply::default();
             if !(idle && nothing && w.want > 0) {
@@ -531,6 +550,19 @@ impl RenderFarm {
         let lease = unwire(done.lease);
         let t = lease.task;
         if !inner.farm.holds(id, lease) {
+            let node = inner
+                .jobs
+                .get(&t.job)
+                .and_then(|j| j.tasks.get(t.step)?.get(t.task)?.node.as_deref());
+            let recorded = inner
+                .farm
+                .task(t)
+                .is_some_and(|r| r.leases == lease.serial && r.state == TaskState::Done);
+            if recorded && node == Some(id) {
+                // Sent again after its answer was lost (the link reconnected): recorded
+                // the first time.
+                return Ok(());
+            }
             tracing::info!(job = t.job, step = t.step, task = t.task, node = %id, "late report refused; its outputs are discarded");
             return Err(FarmError::NotHeld(lease, id.to_owned()).to_string());
         }
@@ -609,6 +641,14 @@ impl RenderFarm {
         Ok(())
     }
 
+    /// Node `id` (if a node) is alive: files it moves count as its heartbeat, so a long
+    /// upload or fetch does not cost it its leases.
+    pub fn node_alive(&self, id: Option<&str>) {
+        if let Some(id) = id {
+            lock(&self.inner).farm.touch(now_ms(), id);
+        }
+    }
+
     /// A node was revoked or removed: its task waits again.
     pub fn node_gone(&self, id: &str) {
         let mut inner = lock(&self.inner);
@@ -666,45 +706,57 @@ mod tests {
         }
     }
 
+    /// One call of node `n-1`, answered.
+    fn work(f: &RenderFarm, w: &NodeWork) -> WorkReply {
+        f.try_work("n-1", w, &mut None).unwrap().unwrap().0
+    }
+
     #[test]
     fn reports_go_together_and_a_refused_one_does_not_refuse_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let f = farm(dir.path());
         let id = submit(&f, "1-6").id;
-        let first = f.try_work("n-1", &idle()).unwrap().tasks.remove(0);
+        let first = work(&f, &idle()).tasks.remove(0);
         // Reported, the step's tasks are known short: the idle node asks for one to start
         // and three to queue.
-        let got = f
-            .try_work(
-                "n-1",
-                &NodeWork {
-                    want: 4,
-                    ..report(first.lease)
-                },
-            )
-            .unwrap()
-            .tasks;
+        let got = work(
+            &f,
+            &NodeWork {
+                want: 4,
+                ..report(first.lease)
+            },
+        )
+        .tasks;
         assert_eq!(got.len(), 4);
         // Two end while the node's last call is out; they go together in the next, with a
-        // repeated report of the first.
-        let done = |t: &TaskAssignment| TaskDone {
-            lease: t.lease,
+        // report for a task the node does not hold, and the first again (its answer was
+        // lost, say): that one was recorded already.
+        let done = |lease: WireLease| TaskDone {
+            lease,
             outcome: Ok(vec![]),
             log_tail: vec!["ok".into()],
         };
-        let reply = f
-            .try_work(
-                "n-1",
-                &NodeWork {
-                    running: Some(got[2].lease),
-                    queued: vec![got[3].lease],
-                    done: vec![done(&first), done(&got[0]), done(&got[1])],
-                    ..NodeWork::default()
-                },
-            )
-            .unwrap();
+        let never = WireLease {
+            task: 5,
+            serial: 1,
+            ..first.lease
+        };
+        let reply = work(
+            &f,
+            &NodeWork {
+                running: Some(got[2].lease),
+                queued: vec![got[3].lease],
+                done: vec![
+                    done(never),
+                    done(got[0].lease),
+                    done(first.lease),
+                    done(got[1].lease),
+                ],
+                ..NodeWork::default()
+            },
+        );
         assert_eq!(reply.refused.len(), 1, "{reply:?}");
-        assert_eq!(reply.refused[0].0, first.lease);
+        assert_eq!(reply.refused[0].0, never);
         assert!(reply.stop.is_empty() && reply.tasks.is_empty());
         let shown = f.show(id).unwrap();
         assert_eq!(shown.summary.counts.done, 3);
@@ -713,6 +765,33 @@ mod tests {
         drop(f);
         let g = farm(dir.path());
         assert_eq!(g.show(id).unwrap().summary.counts.done, 3);
+    }
+
+    #[test]
+    fn a_held_call_that_is_no_longer_the_nodes_newest_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = farm(dir.path());
+        let id = submit(&f, "1-2").id;
+        // An idle call waits; the node reconnects and calls again, getting a task.
+        let mut old = None;
+        let (reply, _) = f.try_work("n-1", &idle(), &mut old).unwrap().unwrap();
+        assert_eq!(reply.tasks.len(), 1);
+        let t = reply.tasks[0].lease;
+        let (reply, _) = f
+            .try_work(
+                "n-1",
+                &NodeWork {
+                    running: Some(t),
+                    ..idle()
+                },
+                &mut None,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(reply.stop.is_empty());
+        // The old call wakes: it must not release the task the node runs.
+        assert!(f.try_work("n-1", &idle(), &mut old).unwrap().is_none());
+        assert_eq!(f.show(id).unwrap().summary.counts.running, 1);
     }
 
     #[tokio::test]
@@ -740,7 +819,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let t = std::time::Instant::now();
-        let task = f.try_work("n-1", &idle()).unwrap().tasks.remove(0);
+        let task = work(&f, &idle()).tasks.remove(0);
         let running = watcher.await.unwrap().unwrap();
         assert_eq!(running.counts.running, 1);
         assert!(t.elapsed() >= short && t.elapsed() < MAX_WAIT);
@@ -752,15 +831,8 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let t = std::time::Instant::now();
-        let next = f
-            .try_work("n-1", &report(task.lease))
-            .unwrap()
-            .tasks
-            .remove(0);
-        assert_eq!(
-            f.try_work("n-1", &report(next.lease)).unwrap(),
-            WorkReply::default()
-        );
+        let next = work(&f, &report(task.lease)).tasks.remove(0);
+        assert_eq!(work(&f, &report(next.lease)), WorkReply::default());
         let end = watcher.await.unwrap().unwrap();
         assert_eq!(end.state, "done");
         assert_eq!(end.counts.done, 2);
