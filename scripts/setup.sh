@@ -4,14 +4,15 @@
 set -euo pipefail
 
 # Debian packages the build and the tests need (Mesa: the tablet's wgpu presenter runs on the
-# lavapipe/llvmpipe software adapters where there is no GPU; libx*: what winit loads at run time).
+# lavapipe/llvmpipe software adapters where there is no GPU; libx*: what winit loads at run time;
+# restic: the persistence tests restore with the standard CLI).
 want_debs=(build-essential pkg-config iproute2 ca-certificates
   xvfb xterm openbox x11-utils x11-xserver-utils xfonts-base
   qemu-system-x86 busybox-static linux-image-amd64
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev clang
   mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri
   libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6
-  xinput blender)
+  xinput blender restic)
 # Where a command may come from a backport under another package name, the command decides.
 declare -A by_command=([qemu-img]=qemu-utils)
 missing=()
