@@ -272,7 +272,7 @@ enum Happened {
 #[derive(Default)]
 struct Output {
     tail: VecDeque<String>,
-    fresh: Vec<String>,
+    fresh: VecDeque<String>,
     progress: Option<String>,
     error: Option<String>,
 }
@@ -312,9 +312,9 @@ impl Output {
         }
         self.tail.push_back(l.clone());
         if self.fresh.len() == TAIL {
-            self.fresh.remove(0);
+            self.fresh.pop_front();
         }
-        self.fresh.push(l);
+        self.fresh.push_back(l);
     }
 }
 
@@ -560,7 +560,7 @@ impl<'a> Worker<'a> {
             Some(r) => (
                 Some(r.t.lease),
                 r.out.progress.clone(),
-                std::mem::take(&mut r.out.fresh),
+                std::mem::take(&mut r.out.fresh).into(),
             ),
             None => (None, None, Vec::new()),
         };

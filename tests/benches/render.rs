@@ -202,10 +202,12 @@ fn main() {
         .zip(&through)
         .map(|(b, f)| (f - b) * NODES as f64 / n as f64 * 1000.0)
         .collect();
+    let ratio: Vec<f64> = base.iter().zip(&through).map(|(b, f)| b / f).collect();
     println!(
-        "overhead: {n} no-op tasks on {NODES} nodes, {ROUNDS} rounds in turn: farm {} s, xargs -P {NODES} {} s; extra per task per node {:.2} ms (median; rounds {}; goal <= 2 ms)",
+        "overhead: {n} no-op tasks on {NODES} nodes, {ROUNDS} rounds in turn: farm {} s, xargs -P {NODES} {} s; ratio {:.2}, extra per task per node {:.2} ms (medians; rounds {}; goal <= 2 ms)",
         list(&through, 2),
         list(&base, 2),
+        median(&ratio),
         median(&extra),
         list(&extra, 2)
     );
