@@ -15,19 +15,28 @@ want_debs=(build-essential pkg-config iproute2 ca-certificates
   xinput blender restic)
 # Where a command may come from a backport under another package name, the command decides.
 declare -A by_command=([qemu-img]=qemu-utils)
+install_debs() {
+  echo "setup: installing Debian packages: $*"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
 missing=()
 for p in "${want_debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+  install_debs "${missing[@]}"
+fi
+# Commands are checked after the packages above: installing those may remove a backport
+# that provided one (qemu-system-x86 from Debian removes a backported qemu-utils).
+missing=()
 for c in "${!by_command[@]}"; do
   command -v "$c" >/dev/null 2>&1 || missing+=("${by_command[$c]}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  install_debs "${missing[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -39,6 +48,12 @@ for comp in rustfmt clippy; do
     rustup component add "$comp"
   fi
 done
+
+# The S3-compatible server the persistence tests start (buckets are directories).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "setup: installing s3s-fs"
+  cargo install --locked s3s-fs --version 0.14.1 --features binary
+fi
 
 if [ "${1:-}" = "fuzz" ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"

@@ -11,19 +11,31 @@
 //! async code, call them with `spawn_blocking`. Notes on the rustic_core API this builds on,
 //! and on its pitfalls, are in `RUSTIC.md`.
 
+pub mod engine;
+mod meter;
+pub mod scan;
+pub mod schedule;
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub use meter::Meter;
+use meter::{Bars, Metered};
 
 use rustic_backend::BackendOptions;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination,
-    LsOptions, OpenStatus, PathList, Repository, RepositoryBackends, RepositoryOptions,
-    RestoreOptions, RusticError, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups, Grouped, KeepOptions,
+    KeyOptions, LimitOption, LocalDestination, LsOptions, OpenStatus, PathList, PruneOptions,
+    Repository, RepositoryBackends, RepositoryOptions, RestoreOptions, RusticError,
+    SnapshotGroupCriterion, SnapshotOptions,
 };
 
 /// Where a repository lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     /// A directory on a local (or mounted) file system.
     Local(PathBuf),
@@ -32,7 +44,7 @@ pub enum Target {
 }
 
 /// An S3-compatible bucket.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct S3Target {
     /// The service's URL (`https://s3.eu-west-1.amazonaws.com`, `http://127.0.0.1:9000`).
     pub endpoint: String,
@@ -61,6 +73,48 @@ impl std::fmt::Debug for S3Target {
     }
 }
 
+impl S3Target {
+    fn options(&self) -> BTreeMap<String, String> {
+        [
+            ("bucket", self.bucket.as_str()),
+            ("root", self.prefix.as_str()),
+            ("endpoint", self.endpoint.as_str()),
+            ("region", self.region.as_str()),
+            ("access_key_id", self.access_key.as_str()),
+            ("secret_access_key", self.secret_key.as_str()),
+            // A request is retried 3 times (about 7 s in all) before the attempt fails;
+            // the engine's own backoff takes it from there.
+            ("retry", "3"),
+            // Only what is given here: no AWS_* variables, no instance metadata.
+            ("disable_config_load", "true"),
+            ("disable_ec2_metadata", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Asks the service for one key of the bucket: `NoSuchBucket` is an error naming it;
+    /// anything else is left to the repository's own requests.
+    fn bucket_exists(&self) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let op =
+                opendal::Operator::via_iter("s3", self.options()).map_err(|e| e.to_string())?;
+            match op.list_with("/").limit(1).await {
+                Err(e) if format!("{e:?}").contains("NoSuchBucket") => Err(format!(
+                    "the service says bucket '{}' does not exist",
+                    self.bucket
+                )),
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -76,27 +130,66 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Why a repository location could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Not a location this crate knows.
+    #[error("'{0}' is not a repository location: use a local directory or s3://bucket/prefix")]
+    Unknown(String),
+    /// An S3 location without the bucket.
+    #[error("'{0}' names no bucket: use s3://bucket/prefix")]
+    NoBucket(String),
+    /// An S3 location without an endpoint or region to find the service by.
+    #[error("an S3 location needs --endpoint URL, or --region for AWS")]
+    NoEndpoint,
+    /// An S3 location without keys.
+    #[error("an S3 location needs an access key and a secret key")]
+    NoKeys,
+}
+
 impl Target {
+    /// Reads a location: a local directory (absolute, or `local:DIR`), or `s3://bucket/prefix`
+    /// with `endpoint` (default: AWS in `region`) and `keys` (access key, secret).
+    pub fn parse(
+        location: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+        keys: Option<(String, String)>,
+    ) -> Result<Target, TargetError> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(TargetError::NoBucket(location.to_owned()));
+            }
+            let endpoint = match (endpoint, region) {
+                (Some(e), _) => e.to_owned(),
+                (None, Some(r)) => format!("https://s3.{r}.amazonaws.com"),
+                (None, None) => return Err(TargetError::NoEndpoint),
+            };
+            let (access_key, secret_key) = keys.ok_or(TargetError::NoKeys)?;
+            return Ok(Target::S3(S3Target {
+                endpoint,
+                region: region.unwrap_or("us-east-1").to_owned(),
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+                access_key,
+                secret_key,
+            }));
+        }
+        let path = location.strip_prefix("local:").unwrap_or(location);
+        if path.starts_with('/') {
+            return Ok(Target::Local(PathBuf::from(path)));
+        }
+        Err(TargetError::Unknown(location.to_owned()))
+    }
+
     fn backends(&self) -> Result<RepositoryBackends, Box<RusticError>> {
         match self {
             Target::Local(p) => BackendOptions::default()
                 .repository(format!("local:{}", p.display()))
                 .to_backends(),
             Target::S3(s) => {
-                let options: BTreeMap<String, String> = [
-                    ("bucket", s.bucket.as_str()),
-                    ("root", s.prefix.as_str()),
-                    ("endpoint", s.endpoint.as_str()),
-                    ("region", s.region.as_str()),
-                    ("access_key_id", s.access_key.as_str()),
-                    ("secret_access_key", s.secret_key.as_str()),
-                    // Only what is given here: no AWS_* variables, no instance metadata.
-                    ("disable_config_load", "true"),
-                    ("disable_ec2_metadata", "true"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+                let options = s.options();
                 BackendOptions::default()
                     .repository("opendal:s3")
                     .options(options)
@@ -104,6 +197,18 @@ impl Target {
             }
         }
     }
+}
+
+/// The chunker settings of the repositories made here: restic's content-defined (Rabin)
+/// chunker, with chunks of 256 KiB to 2 MiB (512 KiB more than the minimum on average)
+/// instead of restic's 512 KiB to 8 MiB. A small edit then uploads at most a chunk or two
+/// of 2 MiB; restic reads such a repository as any other (it ignores the settings, which
+/// only decide where new chunks are cut).
+fn chunking() -> ConfigOptions {
+    ConfigOptions::default()
+        .set_chunk_size(bytesize::ByteSize::kib(512))
+        .set_chunk_min_size(bytesize::ByteSize::kib(256))
+        .set_chunk_max_size(bytesize::ByteSize::mib(2))
 }
 
 /// One line of a rustic error (its `Display` is a page).
@@ -116,13 +221,63 @@ fn line(e: &RusticError) -> String {
         .to_owned()
 }
 
+/// A rustic error with every error under it, for telling causes apart.
+fn chain(e: &RusticError) -> String {
+    let mut out = format!("{e:?}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(&format!(" / {s} {s:?}"));
+        src = s.source();
+    }
+    out
+}
+
+/// A clear line for what rustic's restore panicked with (its text is a debug dump).
+fn restore_failure(raw: &str) -> String {
+    tracing::warn!(rustic = raw, "restore failed");
+    let what = if raw.contains("MAC check failed") || raw.contains("C001") {
+        "data in the repository failed verification (a corrupt pack)"
+    } else if raw.contains("Partially reading") || raw.contains("Reading file") {
+        "a pack could not be read (missing or truncated)"
+    } else {
+        "reading the repository failed"
+    };
+    // A pack named in it: data/xx/<64 hex digits>.
+    let pack = raw.match_indices("data/").find_map(|(i, _)| {
+        let id = raw.get(i + 8..i + 8 + 64)?;
+        id.bytes()
+            .all(|b| b.is_ascii_hexdigit())
+            .then(|| id[..16].to_owned())
+    });
+    format!(
+        "{what}{}; nothing unverified was written. A check that reads the data names every damaged pack",
+        pack.map(|p| format!(": pack {p}")).unwrap_or_default()
+    )
+}
+
 /// Why a repository could not be opened or made.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The password does not open any of the repository's keys.
     #[error("wrong repository password for {0}")]
     WrongPassword(String),
-    /// The target could not be reached or read (missing bucket, refused credentials, ...).
+    /// The service refused the credentials.
+    #[error("the storage service refused the credentials for {target}: {why}")]
+    Refused {
+        /// The target.
+        target: String,
+        /// What the service said.
+        why: String,
+    },
+    /// The bucket does not exist (it is never made here).
+    #[error("there is no bucket for {target}: {why}")]
+    NoBucket {
+        /// The target.
+        target: String,
+        /// What the service said.
+        why: String,
+    },
+    /// The target could not be reached or read.
     #[error("cannot reach the repository at {target}: {why}")]
     Unreachable {
         /// The target.
@@ -178,13 +333,49 @@ pub enum RestoreError {
     Failed(String),
 }
 
+/// How many snapshots of each tree retention keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Keep {
+    /// The last N.
+    pub last: u32,
+    /// The last of each of the last D days.
+    pub daily: u32,
+    /// The last of each of the last W weeks.
+    pub weekly: u32,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep {
+            last: 10,
+            daily: 7,
+            weekly: 8,
+        }
+    }
+}
+
+/// What retention did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Snapshots forgotten.
+    pub forgotten: usize,
+    /// Bytes of blobs removed, and of packs no index named (left by an interrupted backup).
+    pub freed: u64,
+}
+
+/// Retention failed (the repository is unchanged or still valid: rustic deletes packs only
+/// after writing the index that no longer names them).
+#[derive(Debug, thiserror::Error)]
+#[error("retention failed: {0}")]
+pub struct RetentionError(pub String);
+
 /// The repository failed a check.
 #[derive(Debug, thiserror::Error)]
 #[error("the repository check found errors: {}", .0.join("; "))]
 pub struct CheckFailed(pub Vec<String>);
 
 /// A snapshot of a tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// Its id (64 hex digits; restic accepts any unique prefix).
     pub id: String,
@@ -224,12 +415,23 @@ pub fn valid_tree_name(name: &str) -> bool {
 }
 
 /// An open repository.
-#[derive(Debug)]
 pub struct Repo {
+    /// The target's backends, behind the [`Meter`].
     backends: RepositoryBackends,
+    meter: Arc<Meter>,
+    bars: Bars,
     /// Its master key, once the password opened it (opening again costs no key derivation).
     creds: Credentials,
     target: String,
+}
+
+impl std::fmt::Debug for Repo {
+    /// Where it is; never its key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Repo {
@@ -237,17 +439,49 @@ impl Repo {
     /// there; says whether it was made.
     pub fn open_or_init(target: &Target, password: &str) -> Result<(Repo, bool), OpenError> {
         let name = target.to_string();
-        let unreachable = |e: Box<RusticError>| OpenError::Unreachable {
-            target: name.clone(),
-            why: line(&e),
+        let unreachable = |e: Box<RusticError>| {
+            let chain = chain(&e);
+            let (target, why) = (name.clone(), line(&e));
+            if chain.contains("NoSuchBucket") {
+                OpenError::NoBucket { target, why }
+            } else if [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "PermissionDenied",
+            ]
+            .iter()
+            .any(|c| chain.contains(c))
+            {
+                let why = "access denied (HTTP 403): check the access key and the secret".into();
+                OpenError::Refused { target, why }
+            } else {
+                OpenError::Unreachable { target, why }
+            }
         };
-        let backends = target.backends().map_err(unreachable)?;
+        let raw = target.backends().map_err(unreachable)?;
+        let meter = Arc::new(Meter::default());
+        let metered = Metered {
+            inner: raw.repository(),
+            meter: meter.clone(),
+        };
+        let backends = RepositoryBackends::new(Arc::new(metered), raw.repo_hot());
         let repo = Repository::new(&RepositoryOptions::default().no_cache(true), &backends)
             .map_err(unreachable)?;
         let creds = Credentials::password(password);
         let made = repo.config_id().map_err(unreachable)?.is_none();
+        if made {
+            // A missing config may be a missing bucket: a stat there is only "not found",
+            // and some services (s3s-fs) would even make the bucket on the first write.
+            if let Target::S3(s) = target {
+                s.bucket_exists().map_err(|why| OpenError::NoBucket {
+                    target: name.clone(),
+                    why,
+                })?;
+            }
+        }
         let repo = if made {
-            repo.init(&creds, &KeyOptions::default(), &ConfigOptions::default())
+            repo.init(&creds, &KeyOptions::default(), &chunking())
         } else {
             repo.open(&creds)
         }
@@ -269,6 +503,8 @@ impl Repo {
         }
         let repo = Repo {
             backends,
+            meter,
+            bars: Bars::default(),
             creds: Credentials::Masterkey(repo.key()),
             target: name,
         };
@@ -278,8 +514,31 @@ impl Repo {
     /// The repository, opened with the master key: each operation takes its own (an indexed
     /// repository is made from an open one and consumes it).
     fn open(&self) -> Result<Repository<OpenStatus>, Box<RusticError>> {
-        Repository::new(&RepositoryOptions::default().no_cache(true), &self.backends)?
-            .open(&self.creds)
+        Repository::new_with_progress(
+            &RepositoryOptions::default().no_cache(true),
+            &self.backends,
+            self.bars.clone(),
+        )?
+        .open(&self.creds)
+    }
+
+    /// The upload figures: bytes written so far, and the bandwidth limit to set.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// Limits uploads to `bytes_per_sec` (0: no limit).
+    pub fn set_upload_limit(&self, bytes_per_sec: u64) {
+        self.meter.limit.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Source bytes the running backup has read, of how many (both 0 when none runs).
+    pub fn backup_progress(&self) -> (u64, u64) {
+        let c = &self.bars.backup;
+        (
+            c.done.load(Ordering::Relaxed),
+            c.total.load(Ordering::Relaxed),
+        )
     }
 
     /// Where it is.
@@ -312,8 +571,58 @@ impl Repo {
             .open()
             .and_then(|r| r.to_indexed_ids())
             .map_err(failed)?;
-        let saved = repo.backup(&opts, &source, snap).map_err(failed)?;
-        Ok(Snapshot::from_file(&saved))
+        let c = &self.bars.backup;
+        c.done.store(0, Ordering::Relaxed);
+        c.total.store(0, Ordering::Relaxed);
+        let saved = repo.backup(&opts, &source, snap);
+        c.done.store(0, Ordering::Relaxed);
+        c.total.store(0, Ordering::Relaxed);
+        let saved = saved.map_err(failed)?;
+        // It counts only once its snapshot file reads back from the store.
+        let id = saved.id.to_hex().to_string();
+        let read = self
+            .open()
+            .and_then(|r| r.get_snapshots(&[id.as_str()]))
+            .map_err(failed)?;
+        match read.first() {
+            Some(s) if s.id == saved.id && s.tree == saved.tree => Ok(Snapshot::from_file(s)),
+            _ => Err(PersistError::Failed {
+                tree: tree.to_owned(),
+                why: format!("snapshot {id} did not read back"),
+            }),
+        }
+    }
+
+    /// Applies `keep` to each tree's snapshots: forgets the others, then prunes the data only
+    /// they used. Must not run while a backup writes to the repository.
+    pub fn retention(&self, keep: &Keep) -> Result<Retained, RetentionError> {
+        let failed = |e: Box<RusticError>| RetentionError(line(&e));
+        let repo = self.open().map_err(failed)?;
+        let all = repo.get_all_snapshots().map_err(failed)?;
+        let grouped = Grouped::from_items(all, SnapshotGroupCriterion::new().label(true));
+        let opts = KeepOptions::default()
+            .keep_last(keep.last as i32)
+            .keep_daily(keep.daily as i32)
+            .keep_weekly(keep.weekly as i32);
+        let now = rustic_core::jiff::Zoned::now();
+        let groups = ForgetGroups::from_grouped_snapshots_with_retention(grouped, &opts, &now)
+            .map_err(failed)?;
+        let ids = groups.into_forget_ids();
+        if !ids.is_empty() {
+            repo.delete_snapshots(&ids).map_err(failed)?;
+        }
+        let popts = PruneOptions::default()
+            .instant_delete(true)
+            .keep_delete(rustic_core::jiff::Span::new())
+            .max_unused(LimitOption::Percentage(0));
+        let plan = repo.prune_plan(&popts).map_err(failed)?;
+        let sizes = plan.stats.size_sum();
+        let freed = sizes.remove + sizes.repackrm + plan.stats.size_unref;
+        repo.prune(&popts, plan).map_err(failed)?;
+        Ok(Retained {
+            forgotten: ids.len(),
+            freed,
+        })
     }
 
     /// The snapshots of `tree` (of every tree without one), oldest first.
@@ -373,12 +682,12 @@ impl Repo {
         match restored {
             Ok(r) => r.map_err(failed)?,
             Err(panic) => {
-                let why = panic
+                let raw = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "reading the repository failed".into());
-                return Err(RestoreError::Failed(why));
+                    .unwrap_or_default();
+                return Err(RestoreError::Failed(restore_failure(&raw)));
             }
         }
         Ok(Snapshot::from_file(&snap))
