@@ -16,6 +16,7 @@
 //!
 //! Transport: QUIC with ALPN [`ALPN`]; one bidirectional control stream per connection.
 
+pub mod files;
 pub mod frame;
 pub mod media;
 pub mod messages;

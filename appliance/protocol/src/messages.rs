@@ -532,6 +532,42 @@ pub enum Request {
         /// How long to hold the request while nothing changes.
         wait_ms: u32,
     },
+    /// Point persistence at a repository (admin). It is opened (or made) before anything
+    /// changes: a refused key, a missing bucket or a wrong password is an error and nothing
+    /// is written. Answer: [`Response::StorageChanged`].
+    StorageSet(crate::files::StorageSet),
+    /// The repository persisted to (admin). Answer: [`Response::Storage`].
+    StorageShow,
+    /// The password of the repository the appliance made, once (admin). Answer:
+    /// [`Response::RecoveryKey`].
+    StorageRecoveryKey,
+    /// The persisted trees (a user's own; an administrator's of `user`, or all). Answer:
+    /// [`Response::FilesStatus`].
+    FilesStatus {
+        /// Only this user's.
+        user: Option<String>,
+    },
+    /// Snapshot trees now: `tree`, else every tree of `user` (the caller's own for a user),
+    /// else all (admin). With `wait`, the answer comes once each is persisted or failed.
+    /// Answer: [`Response::FilesPersisted`].
+    FilesPersist {
+        /// Whose trees.
+        user: Option<String>,
+        /// One tree.
+        tree: Option<String>,
+        /// Wait for the outcome.
+        wait: bool,
+    },
+    /// The snapshots of a user's trees (or of one tree). Answer: [`Response::FilesSnapshots`].
+    FilesSnapshots {
+        /// Whose.
+        user: String,
+        /// One tree.
+        tree: Option<String>,
+    },
+    /// Restore a snapshot into a directory on the appliance (admin). Answer:
+    /// [`Response::FilesRestored`].
+    FilesRestore(crate::files::RestoreRequest),
 }
 
 /// A tablet's figures over its last window.
@@ -632,6 +668,13 @@ impl Request {
             Request::NodeWork(_) => "node-work",
             Request::RetiredNodeTaskDone => "retired-node-task-done",
             Request::RenderWatch { .. } => "render-watch",
+            Request::StorageSet(_) => "storage-set",
+            Request::StorageShow => "storage-show",
+            Request::StorageRecoveryKey => "storage-recovery-key",
+            Request::FilesStatus { .. } => "files-status",
+            Request::FilesPersist { .. } => "files-persist",
+            Request::FilesSnapshots { .. } => "files-snapshots",
+            Request::FilesRestore(_) => "files-restore",
         }
     }
 }
@@ -723,6 +766,25 @@ pub enum Response {
     Work(crate::render::WorkReply),
     /// A render job's summary.
     RenderSummary(crate::render::JobSummary),
+    /// Persistence now goes to this repository.
+    StorageChanged(crate::files::StorageChanged),
+    /// The repository persisted to.
+    Storage(crate::files::StorageInfo),
+    /// The repository password.
+    RecoveryKey(String),
+    /// Persisted trees.
+    FilesStatus(Vec<crate::files::TreeInfo>),
+    /// Forced snapshots (empty without `wait`).
+    FilesPersisted(Vec<crate::files::Persisted>),
+    /// Snapshots, oldest first.
+    FilesSnapshots(Vec<crate::files::SnapshotInfo>),
+    /// A restore ended.
+    FilesRestored {
+        /// The snapshot restored.
+        snapshot: crate::files::SnapshotInfo,
+        /// Where to.
+        to: String,
+    },
 }
 
 /// What a tablet receives when it is paired.
@@ -961,4 +1023,7 @@ pub enum ErrorCode {
     OutOfOrder,
     /// The appliance failed; its log says more.
     Internal,
+    /// Something the appliance depends on (the storage service) cannot be reached now;
+    /// the message says what. Trying again later may work.
+    Unavailable,
 }

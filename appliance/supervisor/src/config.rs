@@ -40,6 +40,31 @@ pub struct FileConfig {
     /// `[render]`.
     #[serde(default)]
     pub render: RenderFile,
+    /// `[files]`.
+    #[serde(default)]
+    pub files: FilesFile,
+}
+
+/// `[files]` table: when and how files persist.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesFile {
+    /// Seconds changes must be quiet before a snapshot.
+    pub quiet_secs: Option<u64>,
+    /// The longest a changed tree waits under constant change, seconds.
+    pub max_wait_secs: Option<u64>,
+    /// Upload bandwidth, KiB per second (0: no limit).
+    pub upload_limit_kib: Option<u64>,
+    /// Seconds between scans for changes inotify missed.
+    pub scan_every_secs: Option<u64>,
+    /// Seconds between retention runs.
+    pub retention_every_secs: Option<u64>,
+    /// Retention keeps the last N snapshots of each tree,
+    pub keep_last: Option<u32>,
+    /// the last of each of D days,
+    pub keep_daily: Option<u32>,
+    /// and the last of each of W weeks.
+    pub keep_weekly: Option<u32>,
 }
 
 /// `[render]` table.
@@ -161,6 +186,8 @@ pub struct Config {
     pub lease_timeout: Duration,
     /// Whether the appliance runs a render node of its own.
     pub local_node: bool,
+    /// When and how files persist.
+    pub files: periphery_persist::engine::Settings,
 }
 
 /// A configuration value is wrong; names the key.
@@ -365,7 +392,9 @@ impl Config {
             ));
         }
         let local_node = !over.no_local_node && file.render.local_node.unwrap_or(true);
+        let files = files_settings(&file.files)?;
         Ok(Config {
+            files,
             lease_timeout: Duration::from_secs(lease_secs),
             local_node,
             workstations,
@@ -382,6 +411,57 @@ impl Config {
             log_level,
         })
     }
+}
+
+fn files_settings(f: &FilesFile) -> Result<periphery_persist::engine::Settings, ConfigError> {
+    let mut s = periphery_persist::engine::Settings::default();
+    let secs =
+        |key: &'static str, v: Option<u64>, range: std::ops::RangeInclusive<u64>, d: Duration| {
+            match v {
+                None => Ok(d),
+                Some(v) if range.contains(&v) => Ok(Duration::from_secs(v)),
+                Some(v) => Err(invalid(
+                    key,
+                    format!("{v} is outside {}..={}", range.start(), range.end()),
+                )),
+            }
+        };
+    s.policy.quiet = secs("files.quiet_secs", f.quiet_secs, 1..=86_400, s.policy.quiet)?;
+    s.policy.max_wait = secs(
+        "files.max_wait_secs",
+        f.max_wait_secs,
+        1..=7 * 86_400,
+        s.policy.max_wait,
+    )?;
+    if s.policy.max_wait < s.policy.quiet {
+        return Err(invalid(
+            "files.max_wait_secs",
+            "must not be shorter than files.quiet_secs",
+        ));
+    }
+    s.scan_every = secs(
+        "files.scan_every_secs",
+        f.scan_every_secs,
+        1..=86_400,
+        s.scan_every,
+    )?;
+    s.policy.retention_every = secs(
+        "files.retention_every_secs",
+        f.retention_every_secs,
+        60..=30 * 86_400,
+        s.policy.retention_every,
+    )?;
+    s.upload_limit = f.upload_limit_kib.unwrap_or(0).saturating_mul(1024);
+    s.keep.last = f.keep_last.unwrap_or(s.keep.last);
+    s.keep.daily = f.keep_daily.unwrap_or(s.keep.daily);
+    s.keep.weekly = f.keep_weekly.unwrap_or(s.keep.weekly);
+    if s.keep.last == 0 {
+        return Err(invalid(
+            "files.keep_last",
+            "0 would forget every snapshot: keep at least 1",
+        ));
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ mod codes;
 mod config;
 mod control;
 mod discovery;
+mod files_cli;
 mod identity;
 mod limits;
+mod persistence;
 mod quic;
 mod render;
 mod serve;
@@ -60,6 +62,12 @@ enum Command {
     /// Render jobs and nodes.
     #[command(subcommand)]
     Render(periphery_client::render_cli::RenderCommand),
+    /// Where files persist to (object storage or a directory).
+    #[command(subcommand)]
+    Storage(files_cli::StorageCommand),
+    /// Persisted files: status, snapshots, restores.
+    #[command(subcommand)]
+    Files(files_cli::FilesCommand),
     /// Show the audit log.
     Audit {
         /// Show at most this many entries.
@@ -325,6 +333,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut admin = AdminClient::connect(&state_dir).await?;
             Ok(periphery_client::render_cli::run(&mut admin, c).await?)
         }
+        Command::Storage(c) => files_cli::storage(&state_dir, c).await,
+        Command::Files(c) => files_cli::files(&state_dir, c).await,
         Command::Audit { limit } => {
             let mut c = AdminClient::connect(&state_dir).await?;
             let Response::Audit(rows) = c.request(Request::Audit { limit }).await? else {
@@ -357,7 +367,8 @@ fn init_logging(c: &Config) {
     }
 }
 
-fn ago(now: u64, then: u64) -> String {
+/// How long ago `then` was, shortly.
+pub(crate) fn ago(now: u64, then: u64) -> String {
     let s = now.saturating_sub(then);
     match s {
         0..=119 => format!("{s} s"),

@@ -116,6 +116,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     workstations.reconcile().await;
     let supervise = tokio::spawn(workstations.clone().supervise());
+    // Persistence opens its repository on its own thread (a store that cannot be reached
+    // is retried there), then follows the workstations' homes and the jobs' outputs.
+    {
+        let p = app.persistence.clone();
+        std::thread::Builder::new()
+            .name("persist-open".into())
+            .spawn(move || p.open())
+            .context("cannot start persistence")?;
+        tokio::spawn(crate::appliance::follow_trees(app.clone()));
+    }
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let quic = tokio::spawn(crate::quic::run(app.clone(), endpoint, rx.clone()));

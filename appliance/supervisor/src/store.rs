@@ -10,6 +10,8 @@
 //!   without one has a fresh session of its owner)
 //! - `render_jobs`, `render_tasks`: the render farm's jobs and tasks (since schema 5; see
 //!   [`render`])
+//! - `storage`, `persist_trees`: where files persist to, and each tree's state (since schema
+//!   6; see [`persist`])
 //!
 //! Records are postcard-encoded, which is not self-describing: a change to a record is a new
 //! schema version with a migration in [`migrate`] and a test that opens a file of the old
@@ -26,8 +28,9 @@ use periphery_protocol::Role;
 use periphery_session::Session;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
+pub mod persist;
 pub mod render;
 pub use render::{JobFacts, JobRow, TaskFacts, TaskRow};
 
@@ -660,6 +663,8 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
             tx.open_table(SESSIONS).map_err(db)?;
             tx.open_table(render::RENDER_JOBS).map_err(db)?;
             tx.open_table(render::RENDER_TASKS).map_err(db)?;
+            tx.open_table(persist::STORAGE).map_err(db)?;
+            tx.open_table(persist::PERSIST_TREES).map_err(db)?;
             SCHEMA_VERSION
         }
         // 1 -> 2: index devices by certificate fingerprint (the TLS handshake looks them up).
@@ -690,6 +695,12 @@ fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
             tx.open_table(render::RENDER_JOBS).map_err(db)?;
             tx.open_table(render::RENDER_TASKS).map_err(db)?;
             5
+        }
+        // 5 -> 6: persistence.
+        5 => {
+            tx.open_table(persist::STORAGE).map_err(db)?;
+            tx.open_table(persist::PERSIST_TREES).map_err(db)?;
+            6
         }
         _ => unreachable!("migrate called past SCHEMA_VERSION"),
     })

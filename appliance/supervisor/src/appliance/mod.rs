@@ -9,13 +9,15 @@
 //! The handlers live by concern: users, devices and status here; [`pairing`] (codes,
 //! passwords, attempt limits, enrolment); [`desktops`] (workstations and their streams);
 //! `sessions` (handoffs and shares); `render` (render jobs, nodes and their join tokens,
-//! files by content).
+//! files by content); `files` (where files persist to, and each user's snapshots).
 
 mod desktops;
+mod files;
 mod pairing;
 mod render;
 mod sessions;
 
+pub use files::follow_trees;
 use pairing::PendingPake;
 
 use std::collections::HashMap;
@@ -227,7 +229,14 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         | Request::RenderWatch { .. }
         | Request::RenderControl { .. }
         | Request::RenderNodes => paired(),
-        Request::RenderNodeToken => admin_only(),
+        Request::RenderNodeToken
+        | Request::StorageSet(_)
+        | Request::StorageShow
+        | Request::StorageRecoveryKey
+        | Request::FilesRestore(_) => admin_only(),
+        Request::FilesStatus { .. }
+        | Request::FilesPersist { .. }
+        | Request::FilesSnapshots { .. } => paired(),
         Request::BlobPut { .. } | Request::BlobMissing { .. } | Request::BlobGet { .. } => {
             match caller {
                 Caller::Node { .. } => Ok(()),
@@ -309,6 +318,8 @@ pub struct Appliance {
     pub streaming: Arc<Streaming>,
     /// The render farm.
     pub render: Arc<crate::render::RenderFarm>,
+    /// Files persisted to object storage.
+    pub persistence: Arc<crate::persistence::Persistence>,
     /// Join tokens for render nodes: secret and expiry.
     node_tokens: Mutex<Vec<(String, Instant)>>,
 }
@@ -386,8 +397,14 @@ impl Appliance {
             &config.state_dir,
             config.lease_timeout,
         )?);
+        let persistence = crate::persistence::Persistence::new(
+            store.clone(),
+            config.files.clone(),
+            &config.state_dir,
+        );
         Ok(Self {
             render,
+            persistence,
             node_tokens: Mutex::new(Vec::new()),
             codes: Mutex::new(PendingCodes::new(config.code_ttl)),
             limiter: Mutex::new(AttemptLimiter::new(
@@ -634,6 +651,13 @@ impl Appliance {
             | Request::RenderNodeToken
             | Request::NodeJoin { .. }
             | Request::NodeWork(_)) => self.render_request(conv, actor, req).await,
+            req @ (Request::StorageSet(_)
+            | Request::StorageShow
+            | Request::StorageRecoveryKey
+            | Request::FilesStatus { .. }
+            | Request::FilesPersist { .. }
+            | Request::FilesSnapshots { .. }
+            | Request::FilesRestore(_)) => self.files_request(&conv.caller, actor, req).await,
             Request::RetiredNodeTaskDone => Err(ApiError::new(
                 ErrorCode::InvalidArgument,
                 "NodeTaskDone is retired: reports ride in NodeWork since protocol version 2",

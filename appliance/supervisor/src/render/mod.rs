@@ -268,6 +268,21 @@ impl RenderFarm {
         out
     }
 
+    /// Each job's output directory, with the job and its owner (the trees persisted).
+    pub fn output_dirs(&self) -> Vec<(JobId, String, PathBuf)> {
+        lock(&self.inner)
+            .jobs
+            .iter()
+            .map(|(id, j)| {
+                (
+                    *id,
+                    j.facts.user.clone(),
+                    self.jobs_dir.join(id.to_string()),
+                )
+            })
+            .collect()
+    }
+
     /// The owner of a job.
     pub fn owner(&self, job: JobId) -> Option<String> {
         lock(&self.inner)
