@@ -357,7 +357,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(c: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&c.log_level);
+    // The S3 signing library logs its credentials, secret included, at debug: it never logs
+    // below warn here, whatever the filter says.
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{},reqsign=warn,reqsign_core=warn,reqsign_aws_v4=warn",
+        c.log_level
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
