@@ -117,3 +117,45 @@ fn a_corrupt_pack_is_named_by_check_and_never_restored_as_wrong_bytes() {
         other => panic!("a corrupt pack restored: {other:?}"),
     }
 }
+
+#[test]
+fn retention_forgets_past_the_policy_and_prunes_what_only_they_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, repo_dir) = (dir.path().join("src"), dir.path().join("repo"));
+    std::fs::create_dir_all(&src).unwrap();
+    let target = Target::Local(repo_dir.clone());
+    let (repo, _) = Repo::open_or_init(&target, PASSWORD).unwrap();
+    let mut ids = vec![];
+    for i in 0..5u64 {
+        // Each snapshot holds only its own data.
+        std::fs::write(src.join("data.bin"), noise(50 + i, 1 << 20)).unwrap();
+        ids.push(repo.persist("home/dana/ws", &src).unwrap().id);
+    }
+    repo.persist("render/dana/1", &src).unwrap();
+    let before: u64 = files(&repo_dir.join("data")).values().sum();
+    let keep = periphery_persist::Keep {
+        last: 2,
+        daily: 0,
+        weekly: 0,
+    };
+    let done = repo.retention(&keep).unwrap();
+    assert_eq!(
+        done.forgotten, 3,
+        "5 snapshots of one tree, keep 2; the other tree's one stays"
+    );
+    let left: Vec<String> = repo
+        .snapshots(Some("home/dana/ws"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, ids[3..].to_vec());
+    assert_eq!(repo.snapshots(Some("render/dana/1")).unwrap().len(), 1);
+    let after: u64 = files(&repo_dir.join("data")).values().sum();
+    assert!(
+        after + (2 << 20) < before,
+        "the forgotten data stays: {before} -> {after} bytes"
+    );
+    repo.check(true).unwrap();
+    restic(repo_dir.to_str().unwrap(), &[], &["check", "--read-data"]);
+}
