@@ -11,6 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The longest wait for the first retention after a start.
+const FIRST_RETENTION: Duration = Duration::from_secs(900);
+
 /// The timing rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -88,10 +91,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// An empty schedule; retention first runs `policy.retention_every` after `now`.
+    /// An empty schedule. Retention first runs 15 minutes after `now` (or sooner when its
+    /// interval is shorter), so an appliance restarted more often than the interval still
+    /// applies it; then every `policy.retention_every`.
     pub fn new(policy: Policy, now: Instant) -> Self {
         Schedule {
-            retention_at: now + policy.retention_every,
+            retention_at: now + policy.retention_every.min(FIRST_RETENTION),
             policy,
             trees: BTreeMap::new(),
             retention_running: false,
@@ -278,6 +283,8 @@ mod tests {
     #[test]
     fn failures_back_off_exponentially_and_force_skips_the_wait() {
         let (mut s, t0) = sched();
+        // As if retention had just run: its next run is a day away, past this test's span.
+        s.finished(&Job::Retention, true, t0);
         s.changed("t", t0);
         let mut now = t0 + 30 * S;
         let mut delays = vec![];
@@ -297,6 +304,13 @@ mod tests {
         s.finished(&Job::Persist("t".into()), true, now + 2 * S);
         assert_eq!(s.failures("t"), 0);
         assert!(!s.is_dirty("t"));
+    }
+
+    #[test]
+    fn retention_first_runs_soon_after_a_start() {
+        let (mut s, t0) = sched();
+        assert_eq!(s.wake_at(), Some(t0 + FIRST_RETENTION));
+        assert_eq!(s.next(t0 + FIRST_RETENTION), Some(Job::Retention));
     }
 
     #[test]
