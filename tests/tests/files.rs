@@ -177,3 +177,54 @@ fn a_home_persists_restores_and_moves_to_s3() {
         );
     }
 }
+
+#[test]
+fn a_killed_daemon_resumes_its_pending_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Changes wait a minute: the daemon is killed while one is pending.
+    let opts = DaemonOptions {
+        config: Some("[files]\nquiet_secs = 60\nmax_wait_secs = 120\n".into()),
+        ..DaemonOptions::default()
+    };
+    let d = Daemon::start(&state, opts.clone());
+    d.ok(&["user", "add", "alice", "--no-password"]);
+    d.create_ws("alice", "desk", "1024x768");
+    d.ok(&["ws", "start", "alice/desk"]);
+    let tree = "home/alice/desk";
+    let home = wait_for("the home tree", Duration::from_secs(30), || {
+        dir_of(&d, tree)
+    });
+    let out = d.ok(&["files", "persist", "--now", "--wait", "--user", "alice"]);
+    assert!(out.contains("snapshot"), "{out}");
+    std::fs::write(format!("{home}/late.txt"), b"written just before the crash").unwrap();
+    wait_for("the change seen", Duration::from_secs(20), || {
+        let s = d.ok(&["files", "status", "--user", "alice"]);
+        (s.contains("pending") && !s.contains("pending        nothing")).then_some(())
+    });
+    d.kill();
+
+    // After the restart the tree is still dirty (from the store, and the scan), and a
+    // forced snapshot holds the file.
+    let d = Daemon::start(&state, opts);
+    let s = wait_for("the tree back", Duration::from_secs(30), || {
+        let s = d.ok(&["files", "status", "--user", "alice"]);
+        s.contains(tree).then_some(s)
+    });
+    assert!(!s.contains("pending        nothing"), "{s}");
+    let out = d.ok(&["files", "persist", "--now", "--wait", "--user", "alice"]);
+    assert!(out.contains("snapshot"), "{out}");
+    let to = dir.path().join("back");
+    d.ok(&[
+        "files",
+        "restore",
+        "--user",
+        "alice",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(to.join("late.txt")).unwrap(),
+        b"written just before the crash"
+    );
+}

@@ -30,6 +30,8 @@ pub struct Persistence {
     settings: Settings,
     default_dir: PathBuf,
     engine: Mutex<Option<Arc<Engine>>>,
+    /// Signalled when an engine starts.
+    opened: std::sync::Condvar,
     /// Why there is no engine, while there is none.
     down: Mutex<Option<String>>,
     /// The trees there should be: name -> (owner, directory).
@@ -109,6 +111,7 @@ impl Persistence {
             settings,
             default_dir: state_dir.join("repository"),
             engine: Mutex::new(None),
+            opened: std::sync::Condvar::new(),
             down: Mutex::new(Some("starting".into())),
             wanted: Mutex::new(BTreeMap::new()),
             changing: Mutex::new(()),
@@ -119,8 +122,14 @@ impl Persistence {
         lock(&self.engine).clone()
     }
 
+    /// The engine; just after a start, waits up to 10 s for the repository to open.
     fn engine_or_err(&self) -> Result<Arc<Engine>, ApiError> {
-        self.engine().ok_or_else(|| {
+        let guard = lock(&self.engine);
+        let (guard, _) = self
+            .opened
+            .wait_timeout_while(guard, Duration::from_secs(10), |e| e.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| {
             err(
                 ErrorCode::Unavailable,
                 format!(
@@ -196,6 +205,7 @@ impl Persistence {
         }
         *lock(&self.engine) = Some(Arc::new(engine));
         *lock(&self.down) = None;
+        self.opened.notify_all();
     }
 
     /// Follows exactly these trees (name -> owner, directory): new ones whose directory
@@ -381,17 +391,19 @@ impl Persistence {
     }
 
     /// The trees a `files persist` names: `tree`, else every tree of `user`, else all.
-    pub fn trees_of(&self, user: Option<&str>, tree: Option<&str>) -> Vec<String> {
-        let Some(engine) = self.engine() else {
-            return Vec::new();
-        };
-        engine
+    pub fn trees_of(
+        &self,
+        user: Option<&str>,
+        tree: Option<&str>,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .engine_or_err()?
             .trees()
             .into_iter()
             .map(|(t, _)| t)
             .filter(|t| tree.is_none_or(|x| x == t))
             .filter(|t| user.is_none_or(|u| owner(t) == u))
-            .collect()
+            .collect())
     }
 
     /// `files persist --now`: snapshots `trees`; with `wait`, blocks until each is persisted

@@ -94,7 +94,7 @@ impl Appliance {
                 }
                 self.reconcile_trees().await;
                 run(Box::new(move || {
-                    let trees = p.trees_of(user.as_deref(), tree.as_deref());
+                    let trees = p.trees_of(user.as_deref(), tree.as_deref())?;
                     if trees.is_empty() {
                         return Err(ApiError::new(
                             ErrorCode::NotFound,
