@@ -20,6 +20,20 @@ fn dir_of(d: &Daemon, tree: &str) -> Option<String> {
         .and_then(|l| l.split_once("  (")?.1.strip_suffix(')').map(str::to_owned))
 }
 
+/// A daemon with `config`, user alice and her running workstation desk; and the directory
+/// of its home tree, once persistence follows it.
+fn alice_desk(state: &std::path::Path, opts: DaemonOptions) -> (Daemon, String) {
+    let d = Daemon::start(state, opts);
+    d.ok(&["user", "add", "alice", "--no-password"]);
+    d.create_ws("alice", "desk", "1024x768");
+    // Its home exists once it first runs.
+    d.ok(&["ws", "start", "alice/desk"]);
+    let home = wait_for("the home tree", Duration::from_secs(30), || {
+        dir_of(&d, "home/alice/desk")
+    });
+    (d, home)
+}
+
 struct S3s(Child);
 
 impl Drop for S3s {
@@ -32,21 +46,14 @@ impl Drop for S3s {
 #[test]
 fn a_home_persists_restores_and_moves_to_s3() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(
+    let (d, home) = alice_desk(
         &dir.path().join("state"),
         DaemonOptions {
             config: Some(CONFIG.into()),
             ..DaemonOptions::default()
         },
     );
-    d.ok(&["user", "add", "alice", "--no-password"]);
-    d.create_ws("alice", "desk", "1024x768");
-    // Its home exists once it first runs.
-    d.ok(&["ws", "start", "alice/desk"]);
     let tree = "home/alice/desk";
-    let home = wait_for("the home tree", Duration::from_secs(30), || {
-        dir_of(&d, tree)
-    });
     std::fs::write(format!("{home}/notes.txt"), b"persist me").unwrap();
 
     // Forced and waited for: a snapshot that holds the file.
@@ -187,14 +194,8 @@ fn a_killed_daemon_resumes_its_pending_changes() {
         config: Some("[files]\nquiet_secs = 60\nmax_wait_secs = 120\n".into()),
         ..DaemonOptions::default()
     };
-    let d = Daemon::start(&state, opts.clone());
-    d.ok(&["user", "add", "alice", "--no-password"]);
-    d.create_ws("alice", "desk", "1024x768");
-    d.ok(&["ws", "start", "alice/desk"]);
+    let (d, home) = alice_desk(&state, opts.clone());
     let tree = "home/alice/desk";
-    let home = wait_for("the home tree", Duration::from_secs(30), || {
-        dir_of(&d, tree)
-    });
     let out = d.ok(&["files", "persist", "--now", "--wait", "--user", "alice"]);
     assert!(out.contains("snapshot"), "{out}");
     std::fs::write(format!("{home}/late.txt"), b"written just before the crash").unwrap();
